@@ -1,0 +1,17 @@
+"""Lightning callbacks, installed as ``kpg_lightning.callbacks`` (``kpg_lightning/callbacks`` links here)."""
+
+from kpg_lightning.callbacks.checkpoint import FrameCheckpoint
+from kpg_lightning.callbacks.evaluation import EvaluationCallback, episode_outcomes
+from kpg_lightning.callbacks.k_cost import KCostCallback
+from kpg_lightning.callbacks.kpg_diagnostics import KPGDiagnostics, mean_level_stats
+from kpg_lightning.callbacks.progress import FramesProgressBar
+
+__all__ = [
+    "EvaluationCallback",
+    "FrameCheckpoint",
+    "FramesProgressBar",
+    "KCostCallback",
+    "KPGDiagnostics",
+    "episode_outcomes",
+    "mean_level_stats",
+]

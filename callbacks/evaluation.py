@@ -1,0 +1,95 @@
+"""Greedy, decentralized evaluation episodes every N frames (Appendix E.2's protocol)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from tensordict import TensorDictBase
+from torchrl.envs import EnvBase
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+__all__ = ["EvaluationCallback", "episode_outcomes"]
+
+GROUP = "agents"
+
+
+def episode_outcomes(rollout: TensorDictBase) -> dict[str, torch.Tensor]:
+    """Return (and win flag, where the env reports one) of the first episode of every env in a rollout.
+
+    ``rollout`` is ``[*envs, T]`` with ``("next", "agents", "episode_reward")`` from TorchRL's ``RewardSum``; an
+    episode cut by the rollout's end counts with the return reached so far.
+    """
+    rollout = rollout.reshape(-1, rollout.shape[-1])
+    done = rollout.get(("next", "done")).squeeze(-1).clone()
+    done[:, -1] = True
+    first = done.float().argmax(dim=-1)
+    rows = torch.arange(rollout.shape[0])
+    returns = rollout.get(("next", GROUP, "episode_reward"))[rows, first].mean(dim=(-2, -1))
+    out = {"return": returns}
+    if ("next", "battle_won") in rollout.keys(True, True):
+        out["won"] = rollout.get(("next", "battle_won"))[rows, first].reshape(-1).float()
+    return out
+
+
+class EvaluationCallback(Callback):
+    """Runs ``episodes`` greedy episodes every ``every_frames`` frames and at the end of training.
+
+    Logs ``eval/return_mean``, ``eval/return_std`` (and ``eval/win_rate`` where the env reports wins) and keeps
+    the history for the run summary.
+    """
+
+    def __init__(self, env: EnvBase, episodes: int, every_frames: int, max_steps: int):
+        self.env, self.episodes, self.every_frames, self.max_steps = env, episodes, every_frames, max_steps
+        self.history: list[dict[str, float]] = []
+        self.next_frames = 0
+
+    @torch.no_grad()
+    def evaluate(self, pl_module: LightningModule) -> dict[str, float]:
+        policy = pl_module.algorithm.policy()
+        parallel = max(1, self.env.batch_size.numel())
+        results: dict[str, list[torch.Tensor]] = {}
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            for _ in range(math.ceil(self.episodes / parallel)):
+                rollout = self.env.rollout(self.max_steps, policy, auto_cast_to_device=True,
+                                           break_when_any_done=False, break_when_all_done=True)
+                for key, value in episode_outcomes(rollout.cpu()).items():
+                    results.setdefault(key, []).append(value)
+        returns = torch.cat(results["return"])[: self.episodes]
+        metrics = {"frames": float(pl_module.frames), "return_mean": float(returns.mean()),
+                   "return_std": float(returns.std(unbiased=False))}
+        if "won" in results:
+            metrics["win_rate"] = float(torch.cat(results["won"])[: self.episodes].mean())
+        return metrics
+
+    def _run(self, trainer: Trainer, pl_module: LightningModule, progress: bool = True) -> None:
+        if self.history and self.history[-1]["frames"] == pl_module.frames:
+            return
+        metrics = self.evaluate(pl_module)
+        self.history.append(metrics)
+        pl_module.log_frames({f"eval/{k}": v for k, v in metrics.items() if k != "frames"})
+        if progress:
+            pl_module.log("eval_return", metrics["return_mean"], prog_bar=True, logger=False, batch_size=1)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.every_frames > 0 and pl_module.frames == 0:
+            self._run(trainer, pl_module, progress=False)
+            self.next_frames = self.every_frames
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.every_frames > 0 and pl_module.frames >= self.next_frames:
+            self._run(trainer, pl_module)
+            self.next_frames = pl_module.frames - pl_module.frames % self.every_frames + self.every_frames
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._run(trainer, pl_module, progress=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "next_frames": self.next_frames}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.next_frames = state_dict.get("next_frames", 0)

@@ -1,0 +1,107 @@
+"""The one base class every algorithm subclasses: networks, losses and a short list of hooks.
+
+The LightningModule drives an algorithm through these hooks only (marked ``# hook``):
+
+    process_batch → critic_loss (critic step) → K-level actor step (level_outputs, actor_loss) → update_targets
+
+K is not an algorithm property: the K-level engine wraps ``actor_loss`` and ``level_outputs`` for any K; with
+K = 1 the update is the ordinary algorithm's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch import Tensor, nn
+
+from kpg_lightning.envs.info import GROUP, EnvInfo
+from kpg_lightning.models import ModelConfig
+
+__all__ = ["Algorithm", "AlgorithmConfig", "expand_done"]
+
+
+@dataclass
+class AlgorithmConfig:
+    """Fields every algorithm has."""
+
+    name: str = "???"
+    """Registry name of the algorithm."""
+    actor_lr: float = 1e-3
+    """Actor learning rate (each K level's step)."""
+    critic_lr: float = 1e-3
+    """Critic (and mixer) learning rate."""
+    gamma: float = 0.99
+    """Discount factor."""
+    grad_clip: float | None = None
+    """Gradient-norm clip for actor and critic steps; null disables."""
+
+
+def expand_done(td: TensorDictBase, group: str = GROUP) -> TensorDictBase:
+    """Copy root ``done``/``terminated`` of ``("next", ...)`` to every agent, as the per-agent losses expect."""
+    shape = td.get(("next", group, "reward")).shape
+    for key in ("done", "terminated"):
+        if ("next", group, key) not in td.keys(True, True):
+            td.set(("next", group, key), td.get(("next", key)).unsqueeze(-2).expand(shape))
+    return td
+
+
+class Algorithm(nn.Module):
+    """Networks and losses of one MARL algorithm."""
+
+    on_policy: ClassVar[bool] = False
+    config_class: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+
+    def __init__(self, cfg: AlgorithmConfig, info: EnvInfo, model: ModelConfig):
+        super().__init__()
+        self.cfg, self.info, self.model_cfg = cfg, info, model
+
+    # hook
+    def policy(self) -> TensorDictModuleBase:
+        """The acting policy: explores under ``ExplorationType.RANDOM``, greedy under ``DETERMINISTIC``."""
+        raise NotImplementedError
+
+    # hook
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the actor: the ones the K-level recursion acts on."""
+        raise NotImplementedError
+
+    # hook
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """Parameters updated by the critic step (critics, mixers)."""
+        raise NotImplementedError
+
+    # hook
+    def process_batch(self, td: TensorDictBase) -> TensorDictBase:
+        """Prepare a sampled batch for the losses (per-agent done flags by default)."""
+        return expand_done(td)
+
+    # hook
+    def critic_loss(self, td: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of the critic step and metrics to log."""
+        raise NotImplementedError
+
+    # hook
+    def level_outputs(self, td: TensorDictBase, level: int) -> Any:
+        """What the level-``level`` actor hands the next level (computed without gradients)."""
+        raise NotImplementedError
+
+    # hook
+    def actor_loss(self, td: TensorDictBase, others: Any) -> Tensor:
+        """Actor loss with every agent's own output live and the others' from ``others`` (level k-1)."""
+        raise NotImplementedError
+
+    # hook
+    def update_targets(self) -> None:
+        """Target-network update after each training step (no-op without targets)."""
+
+    # hook
+    def exploration_step(self, frames: int) -> None:
+        """Advance exploration schedules to ``frames`` collected frames."""
+
+    def one_hot_eye(self, device: torch.device) -> Tensor:
+        """Boolean ``[N(case), N(agent), 1]``: case i has agent i live."""
+        return torch.eye(self.info.n_agents, dtype=torch.bool, device=device).unsqueeze(-1)

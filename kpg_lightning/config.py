@@ -1,0 +1,159 @@
+"""Structured configuration: dataclasses in Hydra's ConfigStore, so overrides are type-checked at start.
+
+Group schemas: ``kpg``, ``collector``, ``buffer``, ``eval``, ``checkpoint``, ``model`` here; each algorithm's and
+each environment family's config lives beside its code and is registered by :func:`register_configs`. The
+``trainer`` group mirrors every argument of Lightning's ``Trainer`` (generated from its signature), so any of them
+can be overridden as ``trainer.<arg>=...``. Sizes derived from the environment are never written back here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from kpg_lightning.models import ModelConfig
+
+__all__ = ["Config", "ConfigError", "KPGConfig", "register_configs", "validate"]
+
+ACTOR_OPTIMIZERS = ("auto", "rmsprop", "adam", "sgd")
+
+
+class ConfigError(ValueError):
+    """A configuration value that is not allowed; the message names the key."""
+
+
+@dataclass
+class KPGConfig:
+    """The K-level recursion (Algorithm 1/2)."""
+
+    k: int = 2
+    """Recursion levels K >= 1; K = 1 is the base algorithm."""
+    actor_optimizer: str = "auto"
+    """auto (RMSProp when k > 1, the algorithm's Adam when k = 1), rmsprop, adam or sgd."""
+    adaptive_tol: float | None = None
+    """Stop the recursion once ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖ / ‖θ⁽ᵏ⁾ − θ‖ < tol (k is the cap); null: always k levels."""
+    log_every_n_steps: int = 1
+    """Training steps between logs of the per-level diagnostics (kpg/level_delta_k, kpg/contraction_k, ...)."""
+
+
+@dataclass
+class CollectorConfig:
+    frames_per_batch: int = 600
+    """Environment frames (steps x parallel envs) collected per training step."""
+    init_random_frames: int = 0
+    """Frames of uniformly random actions at the start of a run."""
+
+
+@dataclass
+class BufferConfig:
+    size: int = 1_000_000
+    """Replay capacity in frames (off-policy algorithms)."""
+    batch_size: int = 128
+    """Frames sampled per gradient update."""
+    updates_per_batch: int = 10
+    """Gradient updates (critic step + K-level actor step) per collected batch."""
+    learning_starts: int = 0
+    """Frames collected before the first update."""
+
+
+@dataclass
+class EvalConfig:
+    every_frames: int = 12_000
+    """Greedy evaluation period in frames (0 disables periodic evaluation; one still runs at the end)."""
+    episodes: int = 10
+    """Evaluation episodes, run in parallel environments."""
+
+
+@dataclass
+class CheckpointConfig:
+    every_frames: int = 30_000
+    """Frames between saves of ``checkpoints/last.ckpt`` (one is always written at the end)."""
+
+
+_TRAINER_SKIP = {"logger", "callbacks"}
+
+
+def _trainer_config() -> type:
+    """A dataclass with every ``lightning.pytorch.Trainer`` argument and its default."""
+    from lightning.pytorch import Trainer
+
+    fields = [(name, Any, field(default=p.default))
+              for name, p in inspect.signature(Trainer.__init__).parameters.items()
+              if name != "self" and name not in _TRAINER_SKIP]
+    return dataclasses.make_dataclass("TrainerConfig", fields)
+
+
+TrainerConfig = _trainer_config()
+
+
+@dataclass
+class Config:
+    """Root of the configuration (``conf/config.yaml`` fills it)."""
+
+    seed: int = 0
+    max_frames: int = 300_000
+    """Training budget in environment frames."""
+    resume: str | None = None
+    """Run directory or checkpoint path to continue from."""
+    algorithm: Any = MISSING
+    env: Any = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    kpg: KPGConfig = field(default_factory=KPGConfig)
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    trainer: Any = field(default_factory=TrainerConfig)
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    logger: dict[str, Any] = field(default_factory=dict)
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent)."""
+    from kpg_lightning.algorithms import ALGORITHMS
+    from kpg_lightning.envs.registry import ENV_FAMILIES
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for name, (_, cfg_cls) in ALGORITHMS.items():
+        cs.store(group="algorithm", name=f"{name}_config", node=cfg_cls)
+    for name, family in ENV_FAMILIES.items():
+        cs.store(group="env", name=f"{name}_config", node=family.config_class)
+
+
+def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Semantic checks that types alone cannot express; raises :class:`ConfigError` naming the key."""
+    from kpg_lightning.algorithms import ALGORITHMS
+
+    _check(cfg.algorithm.name in ALGORITHMS, "algorithm.name", f"one of {', '.join(ALGORITHMS)}",
+           cfg.algorithm.name)
+    _check(cfg.kpg.k >= 1, "kpg.k", "an integer >= 1 (1 is the base algorithm)", cfg.kpg.k)
+    _check(cfg.kpg.actor_optimizer in ACTOR_OPTIMIZERS, "kpg.actor_optimizer",
+           f"one of {', '.join(ACTOR_OPTIMIZERS)}", cfg.kpg.actor_optimizer)
+    tol = cfg.kpg.adaptive_tol
+    _check(tol is None or tol > 0, "kpg.adaptive_tol", "null or a number > 0", tol)
+    positive = {"kpg.log_every_n_steps": cfg.kpg.log_every_n_steps, "max_frames": cfg.max_frames,
+                "collector.frames_per_batch": cfg.collector.frames_per_batch,
+                "buffer.size": cfg.buffer.size, "buffer.batch_size": cfg.buffer.batch_size,
+                "buffer.updates_per_batch": cfg.buffer.updates_per_batch, "eval.episodes": cfg.eval.episodes,
+                "checkpoint.every_frames": cfg.checkpoint.every_frames,
+                "algorithm.actor_lr": cfg.algorithm.actor_lr, "algorithm.critic_lr": cfg.algorithm.critic_lr}
+    for key, value in positive.items():
+        _check(value > 0, key, "a number > 0", value)
+    non_negative = {"collector.init_random_frames": cfg.collector.init_random_frames,
+                    "buffer.learning_starts": cfg.buffer.learning_starts, "eval.every_frames": cfg.eval.every_frames}
+    for key, value in non_negative.items():
+        _check(value >= 0, key, "a number >= 0", value)
+    _check(0 < cfg.algorithm.gamma <= 1, "algorithm.gamma", "a number in (0, 1]", cfg.algorithm.gamma)
+    clip = cfg.algorithm.grad_clip
+    _check(clip is None or clip > 0, "algorithm.grad_clip", "null or a number > 0", clip)

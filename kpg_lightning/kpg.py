@@ -1,0 +1,180 @@
+"""The K-level engine: the one place the recursion of K-Level Policy Gradients lives.
+
+Update rule (Algorithm 1 and 2 of the paper), for every agent i and k = 1..K, always from the same θ:
+
+    θ_i⁽ᵏ⁾ = θ_i + η ∇_θi J_i(θ_i, θ_−i⁽ᵏ⁻¹⁾),        θ⁽⁰⁾ = θ,   keep θ⁽ᴷ⁾.
+
+Each level is a real optimizer step taken from the saved parameters *and* the saved optimizer state; after every
+level but the last, parameters and optimizer state are restored, so only level K's step persists and the
+optimizer state afterwards is exactly that of one step with the level-K gradient. K = 1 is the base algorithm.
+
+Algorithms supply two functions:
+
+- ``level_outputs(level)``: the behaviour of the current (level-``level``) parameters that the next level
+  responds to, e.g. the deterministic actions of every agent on the batch (K-MADDPG, K-FACMAC) or the
+  log-probabilities of the stored actions (K-MAPPO). Called without gradients, for levels 0..K-1.
+- ``level_update(others)``: performs the level's optimizer step(s) given the others' level-(k-1) outputs and
+  returns the objective (loss) value. One gradient step for the off-policy algorithms, a whole PPO update
+  (epochs x minibatches) for K-MAPPO; :func:`gradient_step` is the usual building block.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["KLevelStats", "OptimizerSnapshot", "gradient_step", "k_level_step"]
+
+
+@dataclass
+class KLevelStats:
+    """Per-level diagnostics of one K-level update (lists indexed by level - 1)."""
+
+    k: int
+    levels_run: int = 0
+    objective: list[float] = field(default_factory=list)
+    level_delta: list[float] = field(default_factory=list)  # ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖
+    step_norm: list[float] = field(default_factory=list)  # ‖θ⁽ᵏ⁾ − θ⁽⁰⁾‖
+    level_time_s: list[float] = field(default_factory=list)
+
+    @property
+    def contraction(self) -> list[float]:
+        """Ratios ‖θ⁽ᵏ⁺¹⁾ − θ⁽ᵏ⁾‖ / ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖ between consecutive levels."""
+        d = self.level_delta
+        return [d[i + 1] / d[i] if d[i] > 0 else float("nan") for i in range(len(d) - 1)]
+
+
+class OptimizerSnapshot:
+    """Parameters and optimizer state saved in place, restorable without deep copies of modules."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: Sequence[Tensor], with_state: bool = True):
+        self.optimizer = optimizer
+        self.params = list(params)
+        with torch.no_grad():
+            self.values = [p.detach().clone() for p in self.params]
+        self.state: dict[Tensor, dict[str, Any] | None] | None = None
+        if with_state:
+            self.state = {}
+            for p in self.params:
+                st = optimizer.state.get(p)
+                self.state[p] = None if not st else {
+                    key: (v.detach().clone() if isinstance(v, Tensor) else v) for key, v in st.items()
+                }
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        torch._foreach_copy_(self.params, self.values)
+        if self.state is None:
+            return
+        for p, saved in self.state.items():
+            if saved is None:
+                self.optimizer.state.pop(p, None)
+                continue
+            live = self.optimizer.state[p]
+            for key, v in saved.items():
+                if isinstance(v, Tensor) and isinstance(live.get(key), Tensor) and live[key].shape == v.shape:
+                    live[key].copy_(v)
+                else:
+                    live[key] = v.clone() if isinstance(v, Tensor) else v
+            for key in [key for key in live if key not in saved]:
+                del live[key]
+
+
+def _raw_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """Unwrap a Lightning ``LightningOptimizer`` to the torch optimizer that owns the state."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _params_of(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+@torch.no_grad()
+def _distance(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
+    diffs = torch._foreach_sub(list(a), list(b))
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diffs)))) if diffs else 0.0
+
+
+def k_level_step(
+    optimizer: torch.optim.Optimizer,
+    k: int,
+    level_update: Callable[[Any], Tensor | float],
+    level_outputs: Callable[[int], Any],
+    *,
+    params: Sequence[Tensor] | None = None,
+    adaptive_tol: float | None = None,
+    synchronize: Callable[[], None] | None = None,
+) -> KLevelStats:
+    """Run one K-level update of the parameters driven by ``optimizer``.
+
+    Args:
+        optimizer: the actor optimizer (a torch optimizer or Lightning's wrapper of one). Each level calls its
+            ``step`` through ``level_update``; state is saved and restored here.
+        k: number of levels K ≥ 1; K = 1 is exactly one ordinary update.
+        level_update: ``others -> objective``; takes the level's optimizer step(s) against the others'
+            level-(k-1) outputs.
+        level_outputs: ``level -> outputs`` of the current parameters, computed without gradients.
+        params: the parameters the recursion acts on (default: all of the optimizer's).
+        adaptive_tol: stop early once ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖ / ‖θ⁽ᵏ⁾ − θ⁽⁰⁾‖ < tol (``k`` is the cap); the level
+            reached is kept.
+        synchronize: called before each timestamp (e.g. ``torch.cuda.synchronize``) for exact level timings.
+
+    Returns:
+        :class:`KLevelStats` with the objective, ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖, ‖θ⁽ᵏ⁾ − θ⁽⁰⁾‖ and wall-clock per level.
+    """
+    if k < 1:
+        raise ValueError(f"kpg.k must be >= 1, got {k}")
+    raw = _raw_optimizer(optimizer)
+    params = list(params) if params is not None else _params_of(raw)
+    snapshot = OptimizerSnapshot(raw, params, with_state=k > 1)
+    stats = KLevelStats(k=k)
+    previous = snapshot.values
+    sync = synchronize or (lambda: None)
+
+    with torch.no_grad():
+        others = level_outputs(0)
+    for level in range(1, k + 1):
+        sync()
+        start = time.perf_counter()
+        objective = level_update(others)
+        current = [p.detach() for p in params]
+        delta = _distance(current, previous)
+        step = delta if level == 1 else _distance(current, snapshot.values)
+        stats.objective.append(float(objective))
+        stats.level_delta.append(delta)
+        stats.step_norm.append(step)
+        stats.levels_run = level
+        converged = adaptive_tol is not None and level > 1 and delta <= adaptive_tol * max(step, 1e-12)
+        if level < k and not converged:
+            with torch.no_grad():
+                others = level_outputs(level)
+            previous = [p.detach().clone() for p in params]
+            snapshot.restore()
+        sync()
+        stats.level_time_s.append(time.perf_counter() - start)
+        if converged:
+            break
+    return stats
+
+
+def gradient_step(
+    optimizer: Any,
+    loss: Tensor,
+    *,
+    backward: Callable[[Tensor], None] | None = None,
+    clip_grad_norm: float | None = None,
+    params: Sequence[Tensor] | None = None,
+) -> Tensor:
+    """One ordinary optimizer step on ``loss``: zero grads, backward, optional norm clipping, step."""
+    optimizer.zero_grad(set_to_none=True)
+    (backward or Tensor.backward)(loss)
+    if clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params if params is not None else _params_of(_raw_optimizer(optimizer)),
+                                       clip_grad_norm)
+    optimizer.step()
+    return loss.detach()

@@ -1,0 +1,176 @@
+"""The LightningModule: one training step = one collected batch, then updates that read like the algorithm.
+
+    collect (data loader) → replay → [critic step → K-level actor step → targets] x updates → policy-weight sync
+
+Budgets and log steps are environment frames, not ``global_step`` (which manual optimization advances once per
+``optimizer.step()``, K + 1 times per update here).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from tensordict import TensorDictBase
+from torch.utils.data import DataLoader
+from torchrl.collectors import Collector
+from torchrl.data import ReplayBuffer
+
+from kpg_lightning.algorithms.base import Algorithm
+from kpg_lightning.config import BufferConfig, KPGConfig
+from kpg_lightning.data import CollectorStream, stream_loader
+from kpg_lightning.envs.info import GROUP
+from kpg_lightning.kpg import KLevelStats, gradient_step, k_level_step
+
+__all__ = ["KPGModule", "make_actor_optimizer"]
+
+
+def make_actor_optimizer(name: str, k: int, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """``auto``: RMSProp for K > 1 (Adam's momentum carries old gradients across levels), Adam for K = 1."""
+    if name == "auto":
+        name = "rmsprop" if k > 1 else "adam"
+    optimizers = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    return optimizers[name](params, lr=lr)
+
+
+class KPGModule(LightningModule):
+    """Trains an :class:`Algorithm` with the K-level actor update.
+
+    Args:
+        algorithm: networks and losses.
+        kpg: the recursion's settings (K, actor optimizer, adaptive tolerance).
+        buffer: replay settings and updates per collected batch.
+        replay: the replay buffer the collected frames go to.
+        make_collector: ``(total_frames, init_random_frames) -> Collector`` for the frames still to collect.
+        max_frames: the training budget in frames.
+        config: the resolved run configuration, kept in checkpoints.
+    """
+
+    def __init__(self, algorithm: Algorithm, kpg: KPGConfig, buffer: BufferConfig, replay: ReplayBuffer,
+                 make_collector: Callable[[int, int], Collector], max_frames: int, init_random_frames: int = 0,
+                 config: dict[str, Any] | None = None):
+        super().__init__()
+        self.automatic_optimization = False
+        self.algorithm, self.kpg, self.buffer_cfg, self.replay = algorithm, kpg, buffer, replay
+        self.make_collector, self.max_frames, self.init_random_frames = make_collector, max_frames, init_random_frames
+        self.save_hyperparameters({"config": config or {}})
+        self.frames = 0
+        self.train_steps = 0
+        self.iterations = 0
+        self.last_return: float | None = None
+        self.step_stats: list[KLevelStats] = []
+        self.timing: dict[str, float] = defaultdict(float)
+        self.profile_levels = False
+        self.stream: CollectorStream | None = None
+
+    # -- data -------------------------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        remaining = self.max_frames - self.frames
+        random_frames = max(0, self.init_random_frames - self.frames)
+        self.stream = CollectorStream(lambda: self.make_collector(remaining, random_frames) if remaining > 0
+                                      else None)
+        return stream_loader(self.stream)
+
+    def on_train_start(self) -> None:
+        if self.frames >= self.max_frames:  # resumed from a finished run: nothing left to collect
+            self.trainer.should_stop = True
+
+    def transfer_batch_to_device(self, batch: TensorDictBase, device: torch.device, dataloader_idx: int) -> Any:
+        return batch  # collected frames go to the replay buffer's device, samples to the module's
+
+    # -- optimisation -----------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        cfg = self.algorithm.cfg
+        actor = make_actor_optimizer(self.kpg.actor_optimizer, self.kpg.k, self.algorithm.actor_parameters(),
+                                     cfg.actor_lr)
+        critic = torch.optim.Adam(self.algorithm.critic_parameters(), lr=cfg.critic_lr)
+        return [actor, critic]
+
+    def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
+        self.timing = defaultdict(float)
+        self.step_stats = []
+        self.timing["collect"] = self.stream.last_collect_s if self.stream is not None else 0.0
+        self._observe(batch)
+        self.replay.extend(batch.reshape(-1))
+        losses: dict[str, list[float]] = defaultdict(list)
+        if self.frames >= self.buffer_cfg.learning_starts:
+            for _ in range(self.buffer_cfg.updates_per_batch):
+                for key, value in self.update(self.replay.sample().to(self.device)).items():
+                    losses[key].append(value)
+        if self.stream is not None:
+            self.stream.update_policy_weights()
+        if self.frames >= self.max_frames:
+            self.trainer.should_stop = True
+        self._log_step({f"train/{k}": sum(v) / len(v) for k, v in losses.items()})
+
+    def update(self, td: TensorDictBase) -> dict[str, float]:
+        """One update: critic step, then the K-level actor step, then targets."""
+        actor_opt, critic_opt = self.optimizers()
+        alg, clip = self.algorithm, self.algorithm.cfg.grad_clip
+        td = alg.process_batch(td)
+        start = time.perf_counter()
+        critic_loss, metrics = alg.critic_loss(td)
+        critic_loss = gradient_step(critic_opt, critic_loss, backward=self.manual_backward, clip_grad_norm=clip,
+                      params=alg.critic_parameters())
+        self._sync()
+        self.timing["critic"] += time.perf_counter() - start
+        actor_params = alg.actor_parameters()
+        stats = k_level_step(
+            actor_opt, self.kpg.k,
+            level_update=lambda others: gradient_step(actor_opt, alg.actor_loss(td, others),
+                                                      backward=self.manual_backward, clip_grad_norm=clip,
+                                                      params=actor_params),
+            level_outputs=lambda level: alg.level_outputs(td, level),
+            params=actor_params, adaptive_tol=self.kpg.adaptive_tol,
+            synchronize=self._sync if self.profile_levels else None,
+        )
+        for level, seconds in enumerate(stats.level_time_s, start=1):
+            self.timing[f"level_{level}"] += seconds
+        alg.update_targets()
+        self.train_steps += 1
+        self.step_stats.append(stats)
+        return {"critic_loss": float(critic_loss), "actor_loss": stats.objective[-1],
+                **{key: float(value) for key, value in metrics.items()}}
+
+    # -- bookkeeping ------------------------------------------------------------------------------------------
+    def _observe(self, batch: TensorDictBase) -> None:
+        self.frames += batch.numel()
+        self.iterations += 1
+        self.algorithm.exploration_step(self.frames)
+        done = batch.get(("next", "done")).squeeze(-1)
+        if done.any() and ("next", GROUP, "episode_reward") in batch.keys(True, True):
+            returns = batch.get(("next", GROUP, "episode_reward"))[done]
+            self.last_return = float(returns.mean())
+
+    def _sync(self) -> None:
+        if self.profile_levels and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _log_step(self, metrics: dict[str, float]) -> None:
+        metrics = dict(metrics)
+        if self.last_return is not None:
+            metrics["train/return"] = self.last_return
+        metrics["train/frames"] = self.frames
+        self.log_frames(metrics)
+        self.log("frames", float(self.frames), prog_bar=True, logger=False, batch_size=1)
+        if self.last_return is not None:
+            self.log("return", self.last_return, prog_bar=True, logger=False, batch_size=1)
+
+    def log_frames(self, metrics: dict[str, float]) -> None:
+        """Write metrics to every logger with the frame count as the step."""
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.frames)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["kpg_counters"] = {"frames": self.frames, "train_steps": self.train_steps,
+                                      "iterations": self.iterations}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        counters = checkpoint.get("kpg_counters", {})
+        self.frames = counters.get("frames", 0)
+        self.train_steps = counters.get("train_steps", 0)
+        self.iterations = counters.get("iterations", 0)

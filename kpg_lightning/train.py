@@ -1,0 +1,182 @@
+"""Entry point: ``python -m kpg_lightning.train [overrides]`` (or ``kpg-train``).
+
+Reads in order: config → env → algorithm → replay and collector → LightningModule → callbacks, loggers →
+``Trainer.fit`` → ``summary.json``. With no overrides it trains K2-MADDPG on VMAS ``balance`` on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch import Trainer, seed_everything
+from omegaconf import DictConfig, OmegaConf
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase, RewardSum, TransformedEnv
+
+from kpg_lightning.algorithms import ALGORITHMS
+from kpg_lightning.callbacks import (
+    EvaluationCallback,
+    FrameCheckpoint,
+    FramesProgressBar,
+    KCostCallback,
+    KPGDiagnostics,
+)
+from kpg_lightning.config import ConfigError, register_configs, validate
+from kpg_lightning.data import make_replay_buffer
+from kpg_lightning.envs.info import GROUP, EnvInfo
+from kpg_lightning.envs.registry import make_env, task_name
+from kpg_lightning.module import KPGModule
+
+__all__ = ["main", "resolve_checkpoint", "run", "write_json"]
+
+register_configs()
+
+
+def with_episode_returns(env: EnvBase) -> EnvBase:
+    """Adds ``("agents", "episode_reward")``, the running return of the current episode."""
+    returns = RewardSum(in_keys=[(GROUP, "reward")], out_keys=[(GROUP, "episode_reward")])
+    if isinstance(env, TransformedEnv):
+        env.append_transform(returns)
+        return env
+    return TransformedEnv(env, returns)
+
+
+def resolve_checkpoint(resume: str) -> Path:
+    """A run directory (its ``checkpoints/last.ckpt``) or a checkpoint file."""
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(f"resume={resume!r} is not allowed: no checkpoint at {path}")
+    return path
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically: a temporary file in the same directory, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train as configured and return the summary written to ``run_dir/summary.json``."""
+    validate(cfg)
+    checkpoint = resolve_checkpoint(cfg.resume) if cfg.resume else None
+    seed_everything(cfg.seed, workers=True)
+    env = with_episode_returns(make_env(cfg.env, seed=cfg.seed))
+    eval_env = with_episode_returns(make_env(cfg.env, seed=cfg.seed + 10_000, num_envs=cfg.eval.episodes))
+    info = EnvInfo.from_env(env)
+    algorithm_cls, _ = ALGORITHMS[cfg.algorithm.name]
+    algorithm = algorithm_cls(OmegaConf.to_object(cfg.algorithm), info, OmegaConf.to_object(cfg.model))
+    replay = make_replay_buffer(cfg.buffer.size, cfg.buffer.batch_size)
+
+    def make_collector(total_frames: int, init_random_frames: int) -> Collector:
+        return Collector(env, algorithm.policy(), frames_per_batch=cfg.collector.frames_per_batch,
+                         total_frames=total_frames, init_random_frames=init_random_frames,
+                         storing_device="cpu", policy_device=module.device,
+                         auto_register_policy_transforms=False)
+
+    module = KPGModule(algorithm, OmegaConf.to_object(cfg.kpg), OmegaConf.to_object(cfg.buffer), replay,
+                       make_collector, cfg.max_frames, cfg.collector.init_random_frames,
+                       config=OmegaConf.to_container(cfg, resolve=True))
+    k_cost = KCostCallback()
+    evaluation = EvaluationCallback(eval_env, cfg.eval.episodes, cfg.eval.every_frames,
+                                    max_steps=cfg.env.get("max_steps", 1000))
+    diagnostics = KPGDiagnostics(cfg.kpg.log_every_n_steps)
+    callbacks = [k_cost, diagnostics, evaluation, FrameCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_frames)]
+    if cfg.trainer.get("enable_progress_bar") is not False:
+        callbacks.append(FramesProgressBar())
+    callbacks += [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
+    trainer = Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=loggers, callbacks=callbacks)
+
+    start = time.perf_counter()
+    trainer.fit(module, ckpt_path=str(checkpoint) if checkpoint else None)
+    wall = time.perf_counter() - start
+    history = evaluation.history
+    summary = {
+        "algorithm": cfg.algorithm.name, "env": task_name(cfg.env), "k": cfg.kpg.k, "seed": cfg.seed,
+        "frames": module.frames, "max_frames": cfg.max_frames, "wall_clock_s": wall,
+        "train_steps": module.train_steps, "iterations": module.iterations,
+        "eval_return_mean": history[-1]["return_mean"] if history else None,
+        "eval_return_history": [{"frames": h["frames"], "return_mean": h["return_mean"],
+                                 "return_std": h["return_std"]} for h in history],
+        **({"eval_win_rate": history[-1]["win_rate"]} if history and "win_rate" in history[-1] else {}),
+        **k_cost.summary(),
+        "kpg": diagnostics.summary(),
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "device": str(module.device), "torch_threads": torch.get_num_threads(),
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+@hydra.main(version_base=None, config_path="pkg://kpg_lightning.conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra's composition errors, flattened to one line (key, problem, valid options)."""
+    parts: list[str] = []
+    options: list[str] = []
+    while exc is not None:
+        lines = iter(str(exc).splitlines())
+        for line in lines:
+            line = line.strip()
+            if line.startswith(("Config search path", "provider=", "full_key", "object_type", "reference_type")):
+                break
+            if line.startswith("Available options"):
+                options = []
+                for option in (o.strip() for o in lines):
+                    if not option or option.startswith("Config search path"):
+                        break
+                    if not option.endswith("_config"):
+                        options.append(option)
+                parts.append(f"{line} {', '.join(options)}")
+            elif line and line not in parts:
+                parts.append(line.rstrip("."))
+        exc = exc.__cause__
+    return "; ".join(parts)
+
+
+def precheck(overrides: list[str]) -> str | None:
+    """Compose the config once with the command line's overrides; the error, on one line, if it fails."""
+    from hydra import compose, initialize_config_module
+
+    try:
+        with initialize_config_module("kpg_lightning.conf", version_base=None):
+            cfg = compose("config", overrides=overrides)
+            OmegaConf.to_container(cfg, resolve=False)
+    except Exception as exc:
+        return _one_line(exc)
+    return None
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    plain = [a for a in argv if not a.startswith("-")]
+    if not any(a in ("-m", "--multirun", "--help", "-h", "--cfg", "-c", "--info") for a in argv):
+        error = precheck(plain)
+        if error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
