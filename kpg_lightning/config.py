@@ -67,6 +67,8 @@ class EvalConfig:
     """Greedy evaluation period in frames (0 disables periodic evaluation; one still runs at the end)."""
     episodes: int = 10
     """Evaluation episodes, run in parallel environments."""
+    max_steps: int | None = None
+    """Steps per evaluation rollout; null: the env's ``max_steps`` (episode limit), else 1000."""
 
 
 @dataclass

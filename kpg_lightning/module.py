@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -50,7 +51,7 @@ class KPGModule(LightningModule):
         config: the resolved run configuration, kept in checkpoints.
     """
 
-    def __init__(self, algorithm: Algorithm, kpg: KPGConfig, buffer: BufferConfig, replay: ReplayBuffer,
+    def __init__(self, algorithm: Algorithm, kpg: KPGConfig, buffer: BufferConfig, replay: ReplayBuffer | None,
                  make_collector: Callable[[int, int], Collector], max_frames: int, init_random_frames: int = 0,
                  config: dict[str, Any] | None = None):
         super().__init__()
@@ -88,6 +89,9 @@ class KPGModule(LightningModule):
         actor = make_actor_optimizer(self.kpg.actor_optimizer, self.kpg.k, self.algorithm.actor_parameters(),
                                      cfg.actor_lr)
         critic = torch.optim.Adam(self.algorithm.critic_parameters(), lr=cfg.critic_lr)
+        for opt in (actor, critic):
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
         return [actor, critic]
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
@@ -95,12 +99,16 @@ class KPGModule(LightningModule):
         self.step_stats = []
         self.timing["collect"] = self.stream.last_collect_s if self.stream is not None else 0.0
         self._observe(batch)
-        self.replay.extend(batch.reshape(-1))
         losses: dict[str, list[float]] = defaultdict(list)
-        if self.frames >= self.buffer_cfg.learning_starts:
-            for _ in range(self.buffer_cfg.updates_per_batch):
-                for key, value in self.update(self.replay.sample().to(self.device)).items():
-                    losses[key].append(value)
+        if self.algorithm.on_policy:
+            updates = [batch.to(self.device)]
+        else:
+            self.replay.extend(batch.reshape(-1))
+            ready = self.frames >= self.buffer_cfg.learning_starts
+            updates = (self.replay.sample().to(self.device) for _ in range(self.buffer_cfg.updates_per_batch * ready))
+        for td in updates:
+            for key, value in self.update(td).items():
+                losses[key].append(value)
         if self.stream is not None:
             self.stream.update_policy_weights()
         if self.frames >= self.max_frames:
@@ -108,39 +116,42 @@ class KPGModule(LightningModule):
         self._log_step({f"train/{k}": sum(v) / len(v) for k, v in losses.items()})
 
     def update(self, td: TensorDictBase) -> dict[str, float]:
-        """One update: critic step, then the K-level actor step, then targets."""
+        """One update: critic step(s), then the K-level actor step, then targets."""
         actor_opt, critic_opt = self.optimizers()
         alg, clip = self.algorithm, self.algorithm.cfg.grad_clip
+        actor_params, critic_params = alg.actor_parameters(), alg.critic_parameters()
         td = alg.process_batch(td)
         start = time.perf_counter()
-        critic_loss, metrics = alg.critic_loss(td)
-        critic_loss = gradient_step(critic_opt, critic_loss, backward=self.manual_backward, clip_grad_norm=clip,
-                      params=alg.critic_parameters())
+        metrics = alg.critic_update(td, partial(gradient_step, critic_opt, backward=self.manual_backward,
+                                                clip_grad_norm=clip, params=critic_params))
         self._sync()
         self.timing["critic"] += time.perf_counter() - start
-        actor_params = alg.actor_parameters()
-        stats = k_level_step(
-            actor_opt, self.kpg.k,
-            level_update=lambda others: gradient_step(actor_opt, alg.actor_loss(td, others),
-                                                      backward=self.manual_backward, clip_grad_norm=clip,
-                                                      params=actor_params),
-            level_outputs=lambda level: alg.level_outputs(td, level),
-            params=actor_params, adaptive_tol=self.kpg.adaptive_tol,
-            synchronize=self._sync if self.profile_levels else None,
-        )
-        for level, seconds in enumerate(stats.level_time_s, start=1):
-            self.timing[f"level_{level}"] += seconds
+        actor_step = partial(gradient_step, actor_opt, backward=self.manual_backward, clip_grad_norm=clip,
+                             params=actor_params)
+        for chunk in alg.actor_batches(td):
+            stats = k_level_step(
+                actor_opt, self.kpg.k,
+                level_update=lambda others, chunk=chunk: alg.actor_update(chunk, others, actor_step),
+                level_outputs=lambda level, chunk=chunk: alg.level_outputs(chunk, level),
+                params=actor_params, adaptive_tol=self.kpg.adaptive_tol,
+                synchronize=self._sync if self.profile_levels else None,
+            )
+            for level, seconds in enumerate(stats.level_time_s, start=1):
+                self.timing[f"level_{level}"] += seconds
+            self.step_stats.append(stats)
         alg.update_targets()
         self.train_steps += 1
-        self.step_stats.append(stats)
-        return {"critic_loss": float(critic_loss), "actor_loss": stats.objective[-1],
-                **{key: float(value) for key, value in metrics.items()}}
+        return {**metrics, "actor_loss": stats.objective[-1]}
 
     # -- bookkeeping ------------------------------------------------------------------------------------------
     def _observe(self, batch: TensorDictBase) -> None:
         self.frames += batch.numel()
         self.iterations += 1
         self.algorithm.exploration_step(self.frames)
+        scale = self.algorithm.lr_scale(min(1.0, self.frames / self.max_frames))
+        for opt in self.optimizers():
+            for group in opt.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * scale
         done = batch.get(("next", "done")).squeeze(-1)
         if done.any() and ("next", GROUP, "episode_reward") in batch.keys(True, True):
             returns = batch.get(("next", GROUP, "episode_reward"))[done]

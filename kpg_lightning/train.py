@@ -90,7 +90,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                        config=OmegaConf.to_container(cfg, resolve=True))
     k_cost = KCostCallback()
     evaluation = EvaluationCallback(eval_env, cfg.eval.episodes, cfg.eval.every_frames,
-                                    max_steps=cfg.env.get("max_steps", 1000))
+                                    max_steps=cfg.eval.max_steps or cfg.env.get("max_steps", 1000))
     diagnostics = KPGDiagnostics(cfg.kpg.log_every_n_steps)
     callbacks = [k_cost, diagnostics, evaluation, FrameCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_frames)]
     if cfg.trainer.get("enable_progress_bar") is not False:

@@ -2,7 +2,12 @@
 
 The LightningModule drives an algorithm through these hooks only (marked ``# hook``):
 
-    process_batch → critic_loss (critic step) → K-level actor step (level_outputs, actor_loss) → update_targets
+    process_batch → critic_update → for each of actor_batches: K-level step (level_outputs, actor_update)
+    → update_targets
+
+Off-policy algorithms implement ``critic_loss`` and ``actor_loss`` (one gradient step each; the default
+``critic_update``/``actor_update`` take it); on-policy ones override ``critic_update``/``actor_update`` to run
+epochs x minibatches, and ``actor_batches`` to choose what one K-level recursion wraps.
 
 K is not an algorithm property: the K-level engine wraps ``actor_loss`` and ``level_outputs`` for any K; with
 K = 1 the update is the ordinary algorithm's.
@@ -10,6 +15,7 @@ K = 1 the update is the ordinary algorithm's.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -85,6 +91,12 @@ class Algorithm(nn.Module):
         raise NotImplementedError
 
     # hook
+    def critic_update(self, td: TensorDictBase, step: Callable[[Tensor], Tensor]) -> dict[str, float]:
+        """The critic step(s) of one update; ``step(loss)`` takes one optimizer step and returns the loss."""
+        loss, metrics = self.critic_loss(td)
+        return {"critic_loss": float(step(loss)), **{key: float(value) for key, value in metrics.items()}}
+
+    # hook
     def level_outputs(self, td: TensorDictBase, level: int) -> Any:
         """What the level-``level`` actor hands the next level (computed without gradients)."""
         raise NotImplementedError
@@ -95,12 +107,27 @@ class Algorithm(nn.Module):
         raise NotImplementedError
 
     # hook
+    def actor_update(self, td: TensorDictBase, others: Any, step: Callable[[Tensor], Tensor]) -> Tensor:
+        """One K level's actor step(s) against the others' level-(k-1) outputs; returns the objective."""
+        return step(self.actor_loss(td, others))
+
+    # hook
+    def actor_batches(self, td: TensorDictBase) -> Iterable[TensorDictBase]:
+        """The batches one K-level recursion each wraps: the whole update by default."""
+        return (td,)
+
+    # hook
     def update_targets(self) -> None:
         """Target-network update after each training step (no-op without targets)."""
 
     # hook
     def exploration_step(self, frames: int) -> None:
         """Advance exploration schedules to ``frames`` collected frames."""
+
+    # hook
+    def lr_scale(self, progress: float) -> float:
+        """Multiplier of every learning rate at ``progress`` = frames / max_frames (e.g. linear annealing)."""
+        return 1.0
 
     def one_hot_eye(self, device: torch.device) -> Tensor:
         """Boolean ``[N(case), N(agent), 1]``: case i has agent i live."""

@@ -15,7 +15,17 @@ from torchrl.envs import EnvBase
 
 from kpg_lightning.config import ConfigError
 
-__all__ = ["ENV_FAMILIES", "EnvFamily", "VmasConfig", "env_family", "make_env", "task_name"]
+__all__ = [
+    "ENV_FAMILIES",
+    "EnvFamily",
+    "MamujocoConfig",
+    "SmacConfig",
+    "SmaxConfig",
+    "VmasConfig",
+    "env_family",
+    "make_env",
+    "task_name",
+]
 
 
 @dataclass
@@ -34,17 +44,58 @@ class VmasConfig:
     """Scenario keyword arguments, e.g. {n_agents: 4}."""
 
 
+@dataclass
+class MamujocoConfig:
+    """Multi-Agent MuJoCo (``pip install kpg-lightning[mujoco]``)."""
+
+    _target_: str = "kpg_lightning.envs.mamujoco.make_mamujoco_env"
+    scenario: str = "Walker2d"
+    """MuJoCo robot: Walker2d, HalfCheetah, Ant, Hopper, Humanoid, ..."""
+    agent_conf: str | None = "2x3"
+    """Partition of the joints among agents: 2x3, 2x4, 9|8, ..."""
+    agent_obsk: int | None = 1
+    """Graph distance of the joints each agent observes."""
+    max_steps: int = 1000
+    """Episode length (a truncation); falls are terminations."""
+    num_envs: int = 1
+    """Environments stepped side by side (SerialEnv, or ParallelEnv with ``parallel``)."""
+    parallel: bool = False
+
+
+@dataclass
+class SmaxConfig:
+    """JaxMARL's SMAX StarCraft (``pip install kpg-lightning[smax]``), against the heuristic enemy."""
+
+    _target_: str = "kpg_lightning.envs.smax.make_smax_env"
+    map_name: str = "3m"
+    """SMAX map: 3m, 2s3z, 3s5z, 5m_vs_6m, MMM, 27m_vs_30m, ..."""
+    num_envs: int = 64
+    """Environments vectorized in one JAX call."""
+
+
+@dataclass
+class SmacConfig:
+    """SMAC on StarCraft II (oxwhirl's ``smac`` and the game, installed by the user; see the README)."""
+
+    _target_: str = "kpg_lightning.envs.smac.make_smac_env"
+    map_name: str = "MMM"
+    """SMAC map: 3m, MMM, corridor, 3s5z_vs_3s6z, ..."""
+
+
 @dataclass(frozen=True)
 class EnvFamily:
     name: str
     config_class: type
-    task_key: str
+    task_keys: tuple[str, ...]
     extra: str
     """pip extra that installs the family's simulator."""
 
 
 ENV_FAMILIES: dict[str, EnvFamily] = {
-    "vmas": EnvFamily("vmas", VmasConfig, "scenario", "vmas"),
+    "vmas": EnvFamily("vmas", VmasConfig, ("scenario",), "vmas"),
+    "mamujoco": EnvFamily("mamujoco", MamujocoConfig, ("scenario", "agent_conf"), "mujoco"),
+    "smax": EnvFamily("smax", SmaxConfig, ("map_name",), "smax"),
+    "smac": EnvFamily("smac", SmacConfig, ("map_name",), "smac"),
 }
 
 
@@ -59,7 +110,7 @@ def env_family(cfg: DictConfig) -> EnvFamily:
 def task_name(cfg: DictConfig) -> str:
     """``family/task`` (e.g. ``vmas/balance``) for logs and summaries."""
     family = env_family(cfg)
-    return f"{family.name}/{cfg[family.task_key]}"
+    return f"{family.name}/" + "-".join(str(cfg[key]) for key in family.task_keys if cfg.get(key) is not None)
 
 
 def make_env(cfg: DictConfig, *, seed: int, device: str = "cpu", **overrides: Any) -> EnvBase:
