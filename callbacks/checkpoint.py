@@ -1,43 +1,68 @@
-"""Frame-based checkpoints, written atomically (temporary file, then rename)."""
+"""Frame-based checkpoints: complete, checksummed directories, written atomically, ``keep_last`` kept."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Checkpoint
+
+from kpg_lightning.checkpointing import MODEL, seal
 
 __all__ = ["FrameCheckpoint"]
 
 
-class FrameCheckpoint(Callback):
-    """Saves ``<dirpath>/last.ckpt`` every ``every_frames`` frames and at the end of training.
+class FrameCheckpoint(Checkpoint):
+    """Saves ``<dirpath>/frames_<N>/`` each time the frame count crosses a multiple of ``every_frames``, and at
+    the end of training; ``<dirpath>/last.ckpt`` links to the newest ``model.ckpt``.
 
-    Uses ``Trainer.save_checkpoint`` (networks, optimizers, callbacks, loops, the module's counters); the file
-    is written under a temporary name and renamed, so ``last.ckpt`` is never half-written.
+    Each checkpoint holds the Lightning checkpoint (``Trainer.save_checkpoint``: networks, targets, optimizers,
+    callbacks, loops, the module's counters and RNG states) and every rank's replay buffer; it is assembled under
+    a temporary name, checksummed and renamed, so an interrupted save leaves the previous checkpoint intact.
+    Parameters that are not finite are never written (the module raises first).
     """
 
-    def __init__(self, dirpath: str | os.PathLike, every_frames: int):
+    def __init__(self, dirpath: str | os.PathLike, every_frames: int, keep_last: int = 2):
         self.dirpath = Path(dirpath)
-        self.every_frames = every_frames
+        self.every_frames, self.keep_last = every_frames, keep_last
         self.last_saved_frames = 0
 
     @property
     def last_path(self) -> Path:
         return self.dirpath / "last.ckpt"
 
+    def due(self, frames: int) -> bool:
+        return frames // self.every_frames > self.last_saved_frames // self.every_frames
+
     def save(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        tmp = self.dirpath / ".last.ckpt.tmp"
-        self.last_saved_frames = pl_module.frames
-        trainer.save_checkpoint(tmp)
+        frames = pl_module.frames
+        name = f"frames_{frames:012d}"
+        tmp, final = self.dirpath / f".tmp_{name}", self.dirpath / name
+        pl_module.check_finite_parameters()
         if trainer.is_global_zero:
-            os.replace(tmp, self.last_path)
-        trainer.strategy.barrier("frame_checkpoint")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        trainer.strategy.barrier("frame_checkpoint_start")
+        self.last_saved_frames = frames
+        trainer.save_checkpoint(tmp / MODEL, weights_only=False)  # everything: optimizers, loops, callbacks
+        pl_module.save_replay(tmp / f"replay_rank{trainer.global_rank}")
+        trainer.strategy.barrier("frame_checkpoint_written")
+        if trainer.is_global_zero:
+            seal(tmp, final, frames)
+            link = self.dirpath / ".last.ckpt.tmp"
+            link.unlink(missing_ok=True)
+            os.link(final / MODEL, link)
+            os.replace(link, self.last_path)
+            for old in sorted(p for p in self.dirpath.glob("frames_*") if p.is_dir())[: -self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        trainer.strategy.barrier("frame_checkpoint_done")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if pl_module.frames - self.last_saved_frames >= self.every_frames:
+        if self.due(pl_module.frames):
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

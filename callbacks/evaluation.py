@@ -50,11 +50,14 @@ class EvaluationCallback(Callback):
     def evaluate(self, pl_module: LightningModule) -> dict[str, float]:
         policy = pl_module.algorithm.policy()
         parallel = max(1, self.env.batch_size.numel())
+        # TorchRL 0.14's break_when_all_done leaves a nested "_neg_step" behind (KeyError) when an env has
+        # per-agent done flags (SMAX): run those for max_steps; only the first episode of each env is read anyway
+        stop_early = all(isinstance(key, str) for key in self.env.done_keys)
         results: dict[str, list[torch.Tensor]] = {}
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             for _ in range(math.ceil(self.episodes / parallel)):
                 rollout = self.env.rollout(self.max_steps, policy, auto_cast_to_device=True,
-                                           break_when_any_done=False, break_when_all_done=True)
+                                           break_when_any_done=False, break_when_all_done=stop_early)
                 for key, value in episode_outcomes(rollout.cpu()).items():
                     results.setdefault(key, []).append(value)
         returns = torch.cat(results["return"])[: self.episodes]
@@ -67,7 +70,7 @@ class EvaluationCallback(Callback):
     def _run(self, trainer: Trainer, pl_module: LightningModule, progress: bool = True) -> None:
         if self.history and self.history[-1]["frames"] == pl_module.frames:
             return
-        metrics = self.evaluate(pl_module)
+        metrics = pl_module.reduce_metrics(self.evaluate(pl_module))  # each rank evaluates its own episodes
         self.history.append(metrics)
         pl_module.log_frames({f"eval/{k}": v for k, v in metrics.items() if k != "frames"})
         if progress:

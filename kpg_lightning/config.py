@@ -21,6 +21,7 @@ from kpg_lightning.models import ModelConfig
 __all__ = ["Config", "ConfigError", "KPGConfig", "register_configs", "validate"]
 
 ACTOR_OPTIMIZERS = ("auto", "rmsprop", "adam", "sgd")
+KPG_SCOPES = ("update", "step")
 
 
 class ConfigError(ValueError):
@@ -39,6 +40,9 @@ class KPGConfig:
     """Stop the recursion once ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖ / ‖θ⁽ᵏ⁾ − θ‖ < tol (k is the cap); null: always k levels."""
     log_every_n_steps: int = 1
     """Training steps between logs of the per-level diagnostics (kpg/level_delta_k, kpg/contraction_k, ...)."""
+    scope: str = "update"
+    """What one recursion wraps in on-policy algorithms: update (the actor's whole epochs x minibatches update)
+    or step (each gradient step); off-policy algorithms take one step per update either way."""
 
 
 @dataclass
@@ -74,7 +78,10 @@ class EvalConfig:
 @dataclass
 class CheckpointConfig:
     every_frames: int = 30_000
-    """Frames between saves of ``checkpoints/last.ckpt`` (one is always written at the end)."""
+    """Frames between checkpoints (one is always written at the end); collection restarts, reseeded, at each,
+    so that a resumed run continues exactly as the uninterrupted one."""
+    keep_last: int = 2
+    """Complete checkpoints kept (older ones are deleted once a newer one is sealed)."""
 
 
 _TRAINER_SKIP = {"logger", "callbacks"}
@@ -102,6 +109,8 @@ class Config:
     """Training budget in environment frames."""
     resume: str | None = None
     """Run directory or checkpoint path to continue from."""
+    on_nonfinite: str = "stop"
+    """stop (checkpoint the last finite state and stop) or skip (drop the update) on a NaN/inf loss or gradient."""
     algorithm: Any = MISSING
     env: Any = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -133,15 +142,47 @@ def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
+def _check_model(cfg: DictConfig) -> None:
+    from kpg_lightning.models import ACTIVATIONS
+
+    _check(cfg.model.activation in ACTIVATIONS, "model.activation", f"one of {', '.join(ACTIVATIONS)}",
+           cfg.model.activation)
+    for key in ("actor_hidden", "critic_hidden"):
+        sizes = list(cfg.model[key])
+        _check(all(size > 0 for size in sizes), f"model.{key}", "a list of positive layer sizes", sizes)
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    import torch
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    trainer = cfg.trainer
+    accelerator = str(trainer.get("accelerator", "auto"))
+    _check(accelerator in ("auto", "cpu", "gpu", "cuda", "mps", "tpu"), "trainer.accelerator",
+           "auto, cpu, gpu, cuda, mps or tpu", accelerator)
+    gpus = torch.cuda.device_count()
+    if accelerator in ("gpu", "cuda"):
+        _check(gpus > 0, "trainer.accelerator", "cpu or auto on a machine without a CUDA GPU", accelerator)
+        devices = trainer.get("devices", "auto")
+        if isinstance(devices, int) and devices > 0:
+            _check(devices <= gpus, "trainer.devices", f"at most the {gpus} GPU(s) of this machine", devices)
+    strategy = trainer.get("strategy", "auto")
+    if isinstance(strategy, str):
+        valid = ["auto", *StrategyRegistry.available_strategies()]
+        _check(strategy in valid, "trainer.strategy", f"one of {', '.join(valid)}", strategy)
+
+
 def validate(cfg: DictConfig) -> None:
     """Semantic checks that types alone cannot express; raises :class:`ConfigError` naming the key."""
     from kpg_lightning.algorithms import ALGORITHMS
+    from kpg_lightning.envs.registry import env_family
 
     _check(cfg.algorithm.name in ALGORITHMS, "algorithm.name", f"one of {', '.join(ALGORITHMS)}",
            cfg.algorithm.name)
     _check(cfg.kpg.k >= 1, "kpg.k", "an integer >= 1 (1 is the base algorithm)", cfg.kpg.k)
     _check(cfg.kpg.actor_optimizer in ACTOR_OPTIMIZERS, "kpg.actor_optimizer",
            f"one of {', '.join(ACTOR_OPTIMIZERS)}", cfg.kpg.actor_optimizer)
+    _check(cfg.kpg.scope in KPG_SCOPES, "kpg.scope", f"one of {', '.join(KPG_SCOPES)}", cfg.kpg.scope)
     tol = cfg.kpg.adaptive_tol
     _check(tol is None or tol > 0, "kpg.adaptive_tol", "null or a number > 0", tol)
     positive = {"kpg.log_every_n_steps": cfg.kpg.log_every_n_steps, "max_frames": cfg.max_frames,
@@ -149,6 +190,7 @@ def validate(cfg: DictConfig) -> None:
                 "buffer.size": cfg.buffer.size, "buffer.batch_size": cfg.buffer.batch_size,
                 "buffer.updates_per_batch": cfg.buffer.updates_per_batch, "eval.episodes": cfg.eval.episodes,
                 "checkpoint.every_frames": cfg.checkpoint.every_frames,
+                "checkpoint.keep_last": cfg.checkpoint.keep_last,
                 "algorithm.actor_lr": cfg.algorithm.actor_lr, "algorithm.critic_lr": cfg.algorithm.critic_lr}
     for key, value in positive.items():
         _check(value > 0, key, "a number > 0", value)
@@ -156,6 +198,16 @@ def validate(cfg: DictConfig) -> None:
                     "buffer.learning_starts": cfg.buffer.learning_starts, "eval.every_frames": cfg.eval.every_frames}
     for key, value in non_negative.items():
         _check(value >= 0, key, "a number >= 0", value)
+    _check(cfg.on_nonfinite in ("stop", "skip"), "on_nonfinite", "stop or skip", cfg.on_nonfinite)
+    _check(cfg.eval.max_steps is None or cfg.eval.max_steps > 0, "eval.max_steps", "null or an integer > 0",
+           cfg.eval.max_steps)
+    family = env_family(cfg.env)
+    space, supported = family.action_space(cfg.env), ALGORITHMS[cfg.algorithm.name][0].action_spaces
+    _check(space in supported, "algorithm.name",
+           f"an algorithm for {space} actions ({cfg.algorithm.name} supports {', '.join(supported)}) on {family.name}",
+           cfg.algorithm.name)
+    _check_model(cfg)
+    _check_trainer(cfg)
     _check(0 < cfg.algorithm.gamma <= 1, "algorithm.gamma", "a number in (0, 1]", cfg.algorithm.gamma)
     clip = cfg.algorithm.grad_clip
     _check(clip is None or clip > 0, "algorithm.grad_clip", "null or a number > 0", clip)

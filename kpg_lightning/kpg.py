@@ -31,6 +31,10 @@ from torch import Tensor
 __all__ = ["KLevelStats", "OptimizerSnapshot", "gradient_step", "k_level_step"]
 
 
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient that is NaN or infinite; raised before the optimizer step, so parameters stay finite."""
+
+
 @dataclass
 class KLevelStats:
     """Per-level diagnostics of one K-level update (lists indexed by level - 1)."""
@@ -109,6 +113,7 @@ def k_level_step(
     params: Sequence[Tensor] | None = None,
     adaptive_tol: float | None = None,
     synchronize: Callable[[], None] | None = None,
+    on_level: Callable[[int, Sequence[Tensor]], None] | None = None,
 ) -> KLevelStats:
     """Run one K-level update of the parameters driven by ``optimizer``.
 
@@ -123,6 +128,8 @@ def k_level_step(
         adaptive_tol: stop early once ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖ / ‖θ⁽ᵏ⁾ − θ⁽⁰⁾‖ < tol (``k`` is the cap); the level
             reached is kept.
         synchronize: called before each timestamp (e.g. ``torch.cuda.synchronize``) for exact level timings.
+        on_level: called as ``on_level(level, params)`` right after each level's update, before any restore
+            (inspection only: e.g. checking that data-parallel ranks agree at every level).
 
     Returns:
         :class:`KLevelStats` with the objective, ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖, ‖θ⁽ᵏ⁾ − θ⁽⁰⁾‖ and wall-clock per level.
@@ -142,6 +149,8 @@ def k_level_step(
         sync()
         start = time.perf_counter()
         objective = level_update(others)
+        if on_level is not None:
+            on_level(level, params)
         current = [p.detach() for p in params]
         delta = _distance(current, previous)
         step = delta if level == 1 else _distance(current, snapshot.values)
@@ -169,12 +178,23 @@ def gradient_step(
     backward: Callable[[Tensor], None] | None = None,
     clip_grad_norm: float | None = None,
     params: Sequence[Tensor] | None = None,
+    name: str = "loss",
 ) -> Tensor:
-    """One ordinary optimizer step on ``loss``: zero grads, backward, optional norm clipping, step."""
+    """One ordinary optimizer step on ``loss``: zero grads, backward, optional norm clipping, step.
+
+    Raises :class:`NonFiniteError` naming ``name`` (before stepping) if the loss or the gradient is not finite.
+    """
+    if not torch.isfinite(loss.detach()).all():
+        raise NonFiniteError(f"{name} is not finite ({float(loss.detach().sum())})")
     optimizer.zero_grad(set_to_none=True)
     (backward or Tensor.backward)(loss)
+    params = params if params is not None else _params_of(_raw_optimizer(optimizer))
+    grads = [p.grad for p in params if p.grad is not None]
     if clip_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(params if params is not None else _params_of(_raw_optimizer(optimizer)),
-                                       clip_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.new_zeros(())
+    if not torch.isfinite(norm):
+        raise NonFiniteError(f"gradient of {name} is not finite")
     optimizer.step()
     return loss.detach()

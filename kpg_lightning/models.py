@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torchrl.data import Unbounded
+from torchrl.envs import InitTracker, TensorDictPrimer, Transform
 from torchrl.modules import MLP, MultiAgentMLP
 
-__all__ = ["ACTIVATIONS", "AgentMLP", "CentralCritic", "ModelConfig", "ScaledTanh"]
+__all__ = ["ACTIVATIONS", "AgentGRU", "AgentMLP", "CentralCritic", "ModelConfig", "ScaledTanh",
+           "recurrent_transforms"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
 
@@ -26,6 +29,10 @@ class ModelConfig:
     """Hidden activation: relu, tanh, elu or gelu."""
     share_params: bool = True
     """One actor for all agents with an agent-id one-hot input (True) or one actor per agent (False)."""
+    recurrent: bool = False
+    """GRU actors (:class:`AgentGRU`): hidden state carried through collection, sequences kept whole in training."""
+    gru_hidden: int = 128
+    """GRU units of recurrent actors (64 for SMAC, 128 for SMAX MAPPO as in JaxMARL)."""
 
 
 def _activation(name: str) -> type[nn.Module]:
@@ -102,3 +109,59 @@ class CentralCritic(nn.Module):
         """``state [..., S]``, ``action [..., N, A]`` → ``Q [..., N, 1]``."""
         n = self.n_agents
         return self.cases(state, action.unsqueeze(-3).expand(*action.shape[:-2], n, n, action.shape[-1]))
+
+
+class AgentGRU(nn.Module):
+    """Recurrent per-agent network shared by all agents (agent-id one-hot input): embed → GRU → MLP head.
+
+    ``embed`` is one layer of ``hidden[0]`` units, the GRU has ``gru_hidden`` units and the head the remaining
+    ``hidden[1:]`` layers (JaxMARL's ``ActorRNN`` with ``hidden=[128, 128]``). The hidden state is zeroed where
+    ``is_init`` marks an episode's first step, so episodes never see each other's memory.
+
+    - :meth:`forward` — one step (collection): ``x [..., N, F]``, ``h [..., N, H]``, ``is_init [..., 1]`` →
+      ``(out [..., N, O], h' [..., N, H])``.
+    - :meth:`sequence` — whole rollouts (training): ``x [B, T, N, F]``, ``h0 [B, N, H]`` (the state fed at
+      ``t = 0`` during collection), ``is_init [B, T, 1]`` → ``out [B, T, N, O]``, recomputing the hidden states
+      with the current parameters.
+    """
+
+    def __init__(self, n_agents: int, in_features: int, out_features: int, hidden: Sequence[int],
+                 gru_hidden: int = 128, activation: str = "relu"):
+        super().__init__()
+        if not hidden:
+            raise ValueError("model.actor_hidden: a recurrent actor needs at least one hidden layer (the embedding)")
+        act = _activation(activation)
+        self.n_agents, self.gru_hidden = n_agents, gru_hidden
+        self.embed = nn.Sequential(nn.Linear(in_features + n_agents, hidden[0]), act())
+        self.gru = nn.GRUCell(hidden[0], gru_hidden)
+        self.head = MLP(in_features=gru_hidden, out_features=out_features, num_cells=list(hidden[1:]),
+                        activation_class=act)
+        self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
+
+    def _embed(self, x: Tensor) -> Tensor:
+        return self.embed(torch.cat([x, self.agent_ids.expand(*x.shape[:-1], self.n_agents)], dim=-1))
+
+    def _cell(self, e: Tensor, h: Tensor, is_init: Tensor) -> Tensor:
+        """One GRU step on ``e [..., N, E]`` from ``h [..., N, H]``, zeroed where ``is_init [..., 1]``."""
+        h = h.masked_fill(is_init.unsqueeze(-1), 0.0)
+        return self.gru(e.reshape(-1, e.shape[-1]), h.reshape(-1, h.shape[-1])).reshape(h.shape)
+
+    def forward(self, x: Tensor, h: Tensor, is_init: Tensor) -> tuple[Tensor, Tensor]:
+        h = self._cell(self._embed(x), h, is_init)
+        return self.head(h), h
+
+    def sequence(self, x: Tensor, h0: Tensor, is_init: Tensor) -> Tensor:
+        e = self._embed(x)
+        h, states = h0, []
+        for t in range(x.shape[1]):
+            h = self._cell(e[:, t], h, is_init[:, t])
+            states.append(h)
+        return self.head(torch.stack(states, dim=1))
+
+
+def recurrent_transforms(hidden_key: str | tuple[str, ...], n_agents: int, gru_hidden: int) -> list[Transform]:
+    """The env transforms a recurrent policy needs: ``is_init`` marks (``InitTracker``) and a zero hidden state
+    per agent at ``hidden_key`` (``TensorDictPrimer``, reset to zeros wherever an episode restarts)."""
+    primer = TensorDictPrimer({hidden_key: Unbounded(shape=(n_agents, gru_hidden))}, reset_key="_reset",
+                              expand_specs=True)
+    return [InitTracker(), primer]

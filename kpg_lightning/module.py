@@ -12,20 +12,23 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader
 from torchrl.collectors import Collector
 from torchrl.data import ReplayBuffer
 
 from kpg_lightning.algorithms.base import Algorithm
+from kpg_lightning.checkpointing import capture_rng, load_replay, restore_rng, save_replay
 from kpg_lightning.config import BufferConfig, KPGConfig
 from kpg_lightning.data import CollectorStream, stream_loader
 from kpg_lightning.envs.info import GROUP
-from kpg_lightning.kpg import KLevelStats, gradient_step, k_level_step
+from kpg_lightning.kpg import KLevelStats, NonFiniteError, gradient_step, k_level_step
 
 __all__ = ["KPGModule", "make_actor_optimizer"]
 
@@ -38,6 +41,12 @@ def make_actor_optimizer(name: str, k: int, params: list[torch.nn.Parameter], lr
     return optimizers[name](params, lr=lr)
 
 
+def _without_info(td: TensorDictBase) -> TensorDictBase:
+    """Drops simulator diagnostics (``info`` entries): no loss reads them, and replay need not store them."""
+    keys = [key for key in td.keys(True) if (key[-1] if isinstance(key, tuple) else key) == "info"]
+    return td.exclude(*keys) if keys else td
+
+
 class KPGModule(LightningModule):
     """Trains an :class:`Algorithm` with the K-level actor update.
 
@@ -46,18 +55,29 @@ class KPGModule(LightningModule):
         kpg: the recursion's settings (K, actor optimizer, adaptive tolerance).
         buffer: replay settings and updates per collected batch.
         replay: the replay buffer the collected frames go to.
-        make_collector: ``(total_frames, init_random_frames) -> Collector`` for the frames still to collect.
+        make_collector: ``(total_frames, init_random_frames, start_frames) -> Collector`` for one segment of
+            collection starting at ``start_frames`` (the environment reseeded from that count and reset).
         max_frames: the training budget in frames.
+        segment_frames: collection restarts (reseeded) at multiples of this, where checkpoints are taken, so a
+            resumed run continues exactly as the uninterrupted one.
+        on_nonfinite: ``stop`` (save a checkpoint of the last finite state and stop) or ``skip`` (drop the
+            update) when a loss or gradient is NaN/inf.
         config: the resolved run configuration, kept in checkpoints.
     """
 
     def __init__(self, algorithm: Algorithm, kpg: KPGConfig, buffer: BufferConfig, replay: ReplayBuffer | None,
-                 make_collector: Callable[[int, int], Collector], max_frames: int, init_random_frames: int = 0,
-                 config: dict[str, Any] | None = None):
+                 make_collector: Callable[[int, int, int], Collector], max_frames: int, init_random_frames: int = 0,
+                 segment_frames: int | None = None, on_nonfinite: str = "stop", config: dict[str, Any] | None = None):
         super().__init__()
         self.automatic_optimization = False
         self.algorithm, self.kpg, self.buffer_cfg, self.replay = algorithm, kpg, buffer, replay
         self.make_collector, self.max_frames, self.init_random_frames = make_collector, max_frames, init_random_frames
+        self.segment_frames = segment_frames or max_frames
+        self.on_nonfinite = on_nonfinite
+        self.skipped_updates = 0
+        self.stopped_by: str | None = None
+        self.resume_dir: Path | None = None
+        self._segment_start = 0
         self.save_hyperparameters({"config": config or {}})
         self.frames = 0
         self.train_steps = 0
@@ -66,15 +86,26 @@ class KPGModule(LightningModule):
         self.step_stats: list[KLevelStats] = []
         self.timing: dict[str, float] = defaultdict(float)
         self.profile_levels = False
+        self.level_hook: Callable[[int, Any], None] | None = None
         self.stream: CollectorStream | None = None
 
     # -- data -------------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        remaining = self.max_frames - self.frames
-        random_frames = max(0, self.init_random_frames - self.frames)
-        self.stream = CollectorStream(lambda: self.make_collector(remaining, random_frames) if remaining > 0
-                                      else None)
+        self.stream = CollectorStream(self._next_collector, self._segment_done)
         return stream_loader(self.stream)
+
+    def _next_collector(self) -> Collector | None:
+        remaining = self.max_frames - self.frames
+        if remaining <= 0:
+            return None
+        self._segment_start = self.frames
+        segment = min(remaining, self.segment_frames - self.frames % self.segment_frames)
+        random_frames = min(segment, max(0, self.init_random_frames - self.frames))
+        world = self.world_size  # every rank collects its share of the run's frames
+        return self.make_collector(-(-segment // world), -(-random_frames // world), self.frames)
+
+    def _segment_done(self) -> bool:
+        return self.frames // self.segment_frames > self._segment_start // self.segment_frames
 
     def on_train_start(self) -> None:
         if self.frames >= self.max_frames:  # resumed from a finished run: nothing left to collect
@@ -103,11 +134,21 @@ class KPGModule(LightningModule):
         if self.algorithm.on_policy:
             updates = [batch.to(self.device)]
         else:
-            self.replay.extend(batch.reshape(-1))
+            self.replay.extend(_without_info(batch.reshape(-1)))
             ready = self.frames >= self.buffer_cfg.learning_starts
             updates = (self.replay.sample().to(self.device) for _ in range(self.buffer_cfg.updates_per_batch * ready))
         for td in updates:
-            for key, value in self.update(td).items():
+            try:
+                result = self.update(td)
+            except NonFiniteError as exc:
+                if self.on_nonfinite == "skip":
+                    self.skipped_updates += 1
+                    rank_zero_warn(f"skipped an update at {self.frames} frames: {exc}")
+                    continue
+                self.stopped_by = f"{exc} at {self.frames} frames; stopped with finite parameters (checkpointed)"
+                self.trainer.should_stop = True
+                break
+            for key, value in result.items():
                 losses[key].append(value)
         if self.stream is not None:
             self.stream.update_policy_weights()
@@ -123,18 +164,18 @@ class KPGModule(LightningModule):
         td = alg.process_batch(td)
         start = time.perf_counter()
         metrics = alg.critic_update(td, partial(gradient_step, critic_opt, backward=self.manual_backward,
-                                                clip_grad_norm=clip, params=critic_params))
+                                                clip_grad_norm=clip, params=critic_params, name="critic loss"))
         self._sync()
         self.timing["critic"] += time.perf_counter() - start
         actor_step = partial(gradient_step, actor_opt, backward=self.manual_backward, clip_grad_norm=clip,
-                             params=actor_params)
-        for chunk in alg.actor_batches(td):
+                             params=actor_params, name="actor loss")
+        for chunk in alg.actor_batches(td, scope=self.kpg.scope):
             stats = k_level_step(
                 actor_opt, self.kpg.k,
                 level_update=lambda others, chunk=chunk: alg.actor_update(chunk, others, actor_step),
                 level_outputs=lambda level, chunk=chunk: alg.level_outputs(chunk, level),
                 params=actor_params, adaptive_tol=self.kpg.adaptive_tol,
-                synchronize=self._sync if self.profile_levels else None,
+                synchronize=self._sync if self.profile_levels else None, on_level=self.level_hook,
             )
             for level, seconds in enumerate(stats.level_time_s, start=1):
                 self.timing[f"level_{level}"] += seconds
@@ -144,11 +185,15 @@ class KPGModule(LightningModule):
         return {**metrics, "actor_loss": stats.objective[-1]}
 
     # -- bookkeeping ------------------------------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
     def _observe(self, batch: TensorDictBase) -> None:
-        self.frames += batch.numel()
+        scale = self.algorithm.lr_scale(min(1.0, self.frames / self.max_frames))  # progress before this batch
+        self.frames += batch.numel() * self.world_size  # the run's frames, all ranks together
         self.iterations += 1
         self.algorithm.exploration_step(self.frames)
-        scale = self.algorithm.lr_scale(min(1.0, self.frames / self.max_frames))
         for opt in self.optimizers():
             for group in opt.optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * scale
@@ -171,17 +216,54 @@ class KPGModule(LightningModule):
         if self.last_return is not None:
             self.log("return", self.last_return, prog_bar=True, logger=False, batch_size=1)
 
+    def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Mean of each metric over data-parallel ranks (a metric missing on a rank is left out of its mean).
+
+        Collective: every rank calls it at the same point."""
+        if self.world_size == 1:
+            return metrics
+        import torch.distributed as dist
+
+        gathered: list[list[str] | None] = [None] * self.world_size
+        dist.all_gather_object(gathered, sorted(metrics))
+        keys = sorted(set().union(*gathered))
+        values = torch.tensor([[float(metrics.get(k, float("nan"))) for k in keys]], dtype=torch.float64)
+        values = self.trainer.strategy.all_gather(values.to(self.device)).reshape(self.world_size, len(keys))
+        return dict(zip(keys, values.nanmean(dim=0).tolist(), strict=True))
+
     def log_frames(self, metrics: dict[str, float]) -> None:
-        """Write metrics to every logger with the frame count as the step."""
+        """Write metrics (averaged over ranks) to every logger with the frame count as the step. Collective."""
+        metrics = self.reduce_metrics(metrics)
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.frames)
 
+    def check_finite_parameters(self) -> None:
+        """Refuse to checkpoint NaN/inf parameters."""
+        for name, tensor in self.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise NonFiniteError(f"parameter {name} is not finite; not writing a checkpoint")
+
+    def _generators(self) -> list[torch.Generator]:
+        rng = getattr(self.replay, "_rng", None)
+        return [rng] if isinstance(rng, torch.Generator) else []
+
+    def save_replay(self, path: Path) -> None:
+        if self.replay is not None:
+            save_replay(self.replay, path)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["kpg_counters"] = {"frames": self.frames, "train_steps": self.train_steps,
-                                      "iterations": self.iterations}
+                                      "iterations": self.iterations, "skipped_updates": self.skipped_updates}
+        checkpoint["kpg_rng"] = capture_rng(*self._generators())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         counters = checkpoint.get("kpg_counters", {})
         self.frames = counters.get("frames", 0)
         self.train_steps = counters.get("train_steps", 0)
         self.iterations = counters.get("iterations", 0)
+        self.skipped_updates = counters.get("skipped_updates", 0)
+        if "kpg_rng" in checkpoint:
+            restore_rng(checkpoint["kpg_rng"], *self._generators())
+        replay_dir = self.resume_dir / f"replay_rank{self.global_rank}" if self.resume_dir else None
+        if self.replay is not None and replay_dir is not None and replay_dir.is_dir():
+            load_replay(self.replay, replay_dir)

@@ -30,10 +30,12 @@ from kpg_lightning.callbacks import (
     KCostCallback,
     KPGDiagnostics,
 )
+from kpg_lightning.checkpointing import MODEL, CheckpointError, find_checkpoint
 from kpg_lightning.config import ConfigError, register_configs, validate
 from kpg_lightning.data import make_replay_buffer
 from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.envs.registry import make_env, task_name
+from kpg_lightning.kpg import NonFiniteError
 from kpg_lightning.module import KPGModule
 
 __all__ = ["main", "resolve_checkpoint", "run", "write_json"]
@@ -51,13 +53,30 @@ def with_episode_returns(env: EnvBase) -> EnvBase:
 
 
 def resolve_checkpoint(resume: str) -> Path:
-    """A run directory (its ``checkpoints/last.ckpt``) or a checkpoint file."""
-    path = Path(resume).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise ConfigError(f"resume={resume!r} is not allowed: no checkpoint at {path}")
-    return path
+    """The newest complete checkpoint directory of a run directory, ``checkpoints/`` dir or checkpoint path."""
+    if not Path(resume).expanduser().exists():
+        raise ConfigError(f"resume={resume!r} is not allowed: no such run directory or checkpoint")
+    try:
+        ckpt_dir, skipped = find_checkpoint(resume)
+    except CheckpointError as exc:
+        raise ConfigError(str(exc)) from exc
+    for message in skipped:
+        print(f"warning: {message}", file=sys.stderr)
+    return ckpt_dir
+
+
+def collection_seed(seed: int, rank: int, start_frames: int) -> int:
+    """Seed of the collection segment starting at ``start_frames`` on ``rank`` (distinct per rank and segment)."""
+    return (seed * 1_000_003 + rank * 10_007 + start_frames) % 2**31
+
+
+def global_rank() -> int:
+    """This process's rank before the trainer exists (torchrun/SLURM set RANK; Lightning's launcher LOCAL_RANK)."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return int(os.environ.get("NODE_RANK", 0)) * int(os.environ.get("LOCAL_WORLD_SIZE", 1)) + int(
+        os.environ.get("LOCAL_RANK", 0))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -65,6 +84,18 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """The ``trainer`` group as Trainer arguments. Critic and actor steps backpropagate separately, so each leaves
+    the other's parameters unused: DDP strategies get their ``find_unused_parameters_true`` variant."""
+    kwargs = OmegaConf.to_container(cfg, resolve=True)
+    strategy = kwargs.get("strategy")
+    if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+        kwargs["strategy"] = f"{strategy}_find_unused_parameters_true"
+        print(f"note: trainer.strategy={strategy} runs as {kwargs['strategy']} (separate actor/critic backwards)",
+              file=sys.stderr)
+    return kwargs
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -77,30 +108,42 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     info = EnvInfo.from_env(env)
     algorithm_cls, _ = ALGORITHMS[cfg.algorithm.name]
     algorithm = algorithm_cls(OmegaConf.to_object(cfg.algorithm), info, OmegaConf.to_object(cfg.model))
-    replay = make_replay_buffer(cfg.buffer.size, cfg.buffer.batch_size)
+    for target in (env, eval_env):
+        for transform in algorithm.env_transforms():
+            target.append_transform(transform)
+    rank = global_rank()
+    replay = None if algorithm.on_policy else make_replay_buffer(cfg.buffer.size, cfg.buffer.batch_size,
+                                                                 seed=collection_seed(cfg.seed, rank, -1))
 
-    def make_collector(total_frames: int, init_random_frames: int) -> Collector:
-        return Collector(env, algorithm.policy(), frames_per_batch=cfg.collector.frames_per_batch,
-                         total_frames=total_frames, init_random_frames=init_random_frames,
+    def make_collector(total_frames: int, init_random_frames: int, start_frames: int) -> Collector:
+        env.set_seed(collection_seed(cfg.seed, rank, start_frames))
+        per_batch = cfg.collector.frames_per_batch
+        return Collector(env, algorithm.policy(), frames_per_batch=per_batch,
+                         total_frames=-(-total_frames // per_batch) * per_batch, init_random_frames=init_random_frames,
                          storing_device="cpu", policy_device=module.device,
                          auto_register_policy_transforms=False)
 
     module = KPGModule(algorithm, OmegaConf.to_object(cfg.kpg), OmegaConf.to_object(cfg.buffer), replay,
                        make_collector, cfg.max_frames, cfg.collector.init_random_frames,
+                       segment_frames=cfg.checkpoint.every_frames, on_nonfinite=cfg.on_nonfinite,
                        config=OmegaConf.to_container(cfg, resolve=True))
+    module.resume_dir = checkpoint
     k_cost = KCostCallback()
     evaluation = EvaluationCallback(eval_env, cfg.eval.episodes, cfg.eval.every_frames,
                                     max_steps=cfg.eval.max_steps or cfg.env.get("max_steps", 1000))
     diagnostics = KPGDiagnostics(cfg.kpg.log_every_n_steps)
-    callbacks = [k_cost, diagnostics, evaluation, FrameCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_frames)]
+    callbacks = [k_cost, diagnostics, evaluation]
+    if cfg.trainer.get("enable_checkpointing") is not False:
+        callbacks.append(FrameCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_frames,
+                                         cfg.checkpoint.keep_last))
     if cfg.trainer.get("enable_progress_bar") is not False:
         callbacks.append(FramesProgressBar())
     callbacks += [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
-    trainer = Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=loggers, callbacks=callbacks)
+    trainer = Trainer(**trainer_kwargs(cfg.trainer), logger=loggers, callbacks=callbacks)
 
     start = time.perf_counter()
-    trainer.fit(module, ckpt_path=str(checkpoint) if checkpoint else None)
+    trainer.fit(module, ckpt_path=str(checkpoint / MODEL) if checkpoint else None, weights_only=True)
     wall = time.perf_counter() - start
     history = evaluation.history
     summary = {
@@ -108,17 +151,43 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "frames": module.frames, "max_frames": cfg.max_frames, "wall_clock_s": wall,
         "train_steps": module.train_steps, "iterations": module.iterations,
         "eval_return_mean": history[-1]["return_mean"] if history else None,
-        "eval_return_history": [{"frames": h["frames"], "return_mean": h["return_mean"],
-                                 "return_std": h["return_std"]} for h in history],
+        "eval_return_history": [{"frames": h["frames"], "return_mean": h["return_mean"], "return_std": h["return_std"],
+                                 **({"win_rate": h["win_rate"]} if "win_rate" in h else {})} for h in history],
         **({"eval_win_rate": history[-1]["win_rate"]} if history and "win_rate" in history[-1] else {}),
         **k_cost.summary(),
         "kpg": diagnostics.summary(),
         "resumed_from": str(checkpoint) if checkpoint else None,
+        "skipped_updates": module.skipped_updates, "stopped_by": module.stopped_by,
         "device": str(module.device), "torch_threads": torch.get_num_threads(),
     }
     if trainer.is_global_zero:
         write_json(run_dir / "summary.json", summary)
+    if module.stopped_by:
+        raise NonFiniteError(module.stopped_by)
     return summary
+
+
+def compose_config(overrides: list[str], run_dir: str | os.PathLike) -> DictConfig:
+    """The run configuration for ``overrides`` as the command line composes it, outside ``@hydra.main``
+    (``${hydra:runtime.output_dir}`` resolves to ``run_dir``)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import open_dict
+
+    with initialize_config_module("kpg_lightning.conf", version_base=None):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def train(overrides: list[str], run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Programmatic ``python -m kpg_lightning.train <overrides>`` writing to ``run_dir``; returns the summary."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run(compose_config(overrides, run_dir), run_dir)
 
 
 @hydra.main(version_base=None, config_path="pkg://kpg_lightning.conf", config_name="config")
@@ -128,6 +197,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(3)
 
 
 def _one_line(exc: BaseException) -> str:

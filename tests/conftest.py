@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as kpg_lightning does on import; must precede torch
+
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path

@@ -23,6 +23,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import Tensor, nn
+from torchrl.envs import Transform
 
 from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.models import ModelConfig
@@ -59,11 +60,18 @@ class Algorithm(nn.Module):
     """Networks and losses of one MARL algorithm."""
 
     on_policy: ClassVar[bool] = False
+    action_spaces: ClassVar[tuple[str, ...]] = ("continuous", "discrete")
+    """Action spaces the algorithm supports (checked against the env before anything starts)."""
     config_class: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
 
     def __init__(self, cfg: AlgorithmConfig, info: EnvInfo, model: ModelConfig):
         super().__init__()
         self.cfg, self.info, self.model_cfg = cfg, info, model
+
+    # hook
+    def env_transforms(self) -> list[Transform]:
+        """Fresh transforms the acting policy needs on every env it acts in (e.g. a recurrent state primer)."""
+        return []
 
     # hook
     def policy(self) -> TensorDictModuleBase:
@@ -112,8 +120,9 @@ class Algorithm(nn.Module):
         return step(self.actor_loss(td, others))
 
     # hook
-    def actor_batches(self, td: TensorDictBase) -> Iterable[TensorDictBase]:
-        """The batches one K-level recursion each wraps: the whole update by default."""
+    def actor_batches(self, td: TensorDictBase, scope: str = "update") -> Iterable[TensorDictBase]:
+        """The batches one K-level recursion each wraps (``scope`` is ``kpg.scope``: ``update`` — the whole
+        actor update, ``step`` — each gradient step; the same for one-step off-policy updates)."""
         return (td,)
 
     # hook

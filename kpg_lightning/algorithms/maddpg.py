@@ -43,6 +43,8 @@ class _CriticInput(nn.Module):
 class Maddpg(Algorithm):
     """MADDPG with a shared (or per-agent) deterministic actor; K-MADDPG through the K-level engine."""
 
+    action_spaces = ("continuous",)
+
     def __init__(self, cfg: MaddpgConfig, info: EnvInfo, model: ModelConfig):
         super().__init__(cfg, info, model)
         if info.discrete:

@@ -68,7 +68,7 @@ class SmaxConfig:
 
     _target_: str = "kpg_lightning.envs.smax.make_smax_env"
     map_name: str = "3m"
-    """SMAX map: 3m, 2s3z, 3s5z, 5m_vs_6m, MMM, 27m_vs_30m, ..."""
+    """SMAX map: 3m, 8m, 2s3z, 3s5z, 5m_vs_6m, 27m_vs_30m, 3s5z_vs_3s6z, 6h_vs_8z, ... (SMAX has no MMM)"""
     num_envs: int = 64
     """Environments vectorized in one JAX call."""
 
@@ -89,13 +89,19 @@ class EnvFamily:
     task_keys: tuple[str, ...]
     extra: str
     """pip extra that installs the family's simulator."""
+    discrete: bool | None = None
+    """Whether actions are discrete; None: the config's ``continuous_actions`` decides."""
+
+    def action_space(self, cfg: DictConfig) -> str:
+        discrete = self.discrete if self.discrete is not None else not cfg.get("continuous_actions", True)
+        return "discrete" if discrete else "continuous"
 
 
 ENV_FAMILIES: dict[str, EnvFamily] = {
     "vmas": EnvFamily("vmas", VmasConfig, ("scenario",), "vmas"),
-    "mamujoco": EnvFamily("mamujoco", MamujocoConfig, ("scenario", "agent_conf"), "mujoco"),
-    "smax": EnvFamily("smax", SmaxConfig, ("map_name",), "smax"),
-    "smac": EnvFamily("smac", SmacConfig, ("map_name",), "smac"),
+    "mamujoco": EnvFamily("mamujoco", MamujocoConfig, ("scenario", "agent_conf"), "mujoco", discrete=False),
+    "smax": EnvFamily("smax", SmaxConfig, ("map_name",), "smax", discrete=True),
+    "smac": EnvFamily("smac", SmacConfig, ("map_name",), "smac", discrete=True),
 }
 
 

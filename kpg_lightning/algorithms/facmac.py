@@ -1,0 +1,210 @@
+"""FACMAC and K-FACMAC (Algorithm 2): a shared deterministic actor, per-agent critics Q_j(o_j, a_j), a mixer.
+
+Critic/mixer step (once per update, before the K levels), with r = mean over agents of the team reward and
+bootstrapping through truncations (``terminated``, not ``done``):
+
+    y = r + γ (1 − terminated) Q̄_tot(s', Q̄_j(o'_j, μ̄(o'_j))),    L = (Q_tot(s, Q_j(o_j, a_j)) − y)²
+
+Actor objective at level k (K-FACMAC), agent i live and the others at their level-(k−1) actions:
+
+    J_i = Q_tot(s, Q_i(o_i, μ(o_i)), Q_j(o_j, a_j⁽ᵏ⁻¹⁾) for j ≠ i),    loss = −Σ_i E[J_i] + 1e-3 · E[pre_tanh²]
+
+Level 1 responds to the current actor itself, so its Σ_i ∇J_i is exactly the gradient of FACMAC's joint
+objective −Q_tot(s, Q_j(o_j, μ(o_j)) all live): :meth:`Facmac.level_outputs` hands level 1 no actions and
+:meth:`Facmac.actor_loss` then takes the joint objective, which makes K = 1 *be* FACMAC, bit for bit. From level 2
+on the N cases are scored in one pass (:meth:`Facmac.cases_loss`). Padded action dimensions (uneven partitions)
+are zeroed before the critic and left out of the penalty, so they carry no gradient.
+
+Targets are plain deep copies moved by one ``torch._foreach_lerp_`` (Polyak τ) over actor, critic and mixer.
+TorchRL has no loss for a mixed continuous critic (``QMixerLoss`` is discrete Q-learning); a ``LossModule``
+subclass with ``convert_to_functional`` targets would add a ``to_module`` parameter swap (~40 µs on this CPU, ~5%
+of a K=1 update) around every live and target forward, for a ``SoftUpdate`` that is this same lerp. Exploration
+is TorchRL's ``AdditiveGaussianModule``; the mixers subclass TorchRL's ``Mixer`` (:mod:`kpg_lightning.mixers`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from copy import deepcopy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch import Tensor, nn
+from torchrl.data import Bounded
+from torchrl.modules import AdditiveGaussianModule
+
+from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig
+from kpg_lightning.envs.info import GROUP, EnvInfo
+from kpg_lightning.mixers import make_mixer, mix
+from kpg_lightning.models import AgentMLP, ModelConfig, ScaledTanh
+
+__all__ = ["Facmac", "FacmacConfig", "LevelActions", "action_penalty"]
+
+OBS, ACTION, DIM_MASK = (GROUP, "observation"), (GROUP, "action"), (GROUP, "action_dim_mask")
+
+
+@dataclass(frozen=True)
+class LevelActions:
+    """What level ``level`` hands the next: every agent's deterministic actions ``[B, N, A]`` on the batch.
+
+    ``actions`` is None at level 0: level 1 responds to the current actor itself (FACMAC's joint objective).
+    """
+
+    level: int
+    actions: Tensor | None = None
+
+
+def action_penalty(pre_tanh: Tensor, mask: Tensor | None) -> Tensor:
+    """mean(pre_tanh²) over the real action dimensions (``mask``: 1 real, 0 padded; None: all real)."""
+    if mask is None:
+        return pre_tanh.pow(2).mean()
+    return (pre_tanh.pow(2) * mask).sum() / mask.sum()
+
+
+class Facmac(Algorithm):
+    """FACMAC with a shared (or per-agent) deterministic actor; K-FACMAC through the K-level engine."""
+
+    def __init__(self, cfg: FacmacConfig, info: EnvInfo, model: ModelConfig):
+        super().__init__(cfg, info, model)
+        if info.discrete:
+            raise ValueError("algorithm: facmac needs continuous actions (env has discrete actions)")
+        n, low, high = info.n_agents, info.action_low, info.action_high
+        actor_net = nn.Sequential(  # kept apart: the penalty needs the pre-tanh output
+            AgentMLP(n, info.obs_dim, info.action_dim, model.actor_hidden, model.activation, model.share_params),
+            ScaledTanh(low, high),
+        )
+        self.actor = TensorDictModule(actor_net, in_keys=[OBS], out_keys=[ACTION])
+        self.critic = AgentMLP(n, info.obs_dim + info.action_dim, 1, model.critic_hidden, model.activation,
+                               share_params=True)
+        self.mixer = make_mixer(cfg.mixer, n, info.critic_state_dim, cfg.mixer_embed_dim, cfg.hypernet_hidden)
+        self.target_actor = deepcopy(actor_net).requires_grad_(False)
+        self.target_critic = deepcopy(self.critic).requires_grad_(False)
+        self.target_mixer = deepcopy(self.mixer).requires_grad_(False)
+        spec = Bounded(low=low, high=high, shape=low.shape)
+        self.noise = AdditiveGaussianModule(spec, sigma_init=cfg.noise_sigma, sigma_end=cfg.noise_sigma,
+                                            annealing_num_steps=1, action_key=ACTION, safe=True)
+        self.register_buffer("eye", self.one_hot_eye(low.device), persistent=False)
+
+    # -- pieces ----------------------------------------------------------------------------------------------
+    def act(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Pre-tanh outputs and actions of the live actor, ``[..., N, A]`` each."""
+        mlp, squash = self.actor.module
+        pre = mlp(obs)
+        return pre, squash(pre)
+
+    def q_values(self, critic: nn.Module, obs: Tensor, action: Tensor, mask: Tensor | None) -> Tensor:
+        """Per-agent ``Q_j(o_j, a_j)`` ``[..., N, 1]``; padded action dimensions are zeroed first."""
+        return critic(torch.cat([obs, action if mask is None else action * mask], dim=-1))
+
+    def dim_mask(self, td: TensorDictBase) -> Tensor | None:
+        """``[B, N, A]`` float mask of the real action dimensions (None: the env has no ``action_dim_mask``)."""
+        return td.get(DIM_MASK).to(td.get(OBS).dtype) if self.info.has_action_dim_mask else None
+
+    @contextmanager
+    def frozen_critic(self) -> Iterator[None]:
+        """Critic and mixer weights out of the graph: the actor step needs no gradient for them (~15% faster)."""
+        params = self.critic_parameters()
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in zip(params, flags, strict=True):
+                p.requires_grad_(flag)
+
+    def state(self, td: TensorDictBase) -> Tensor:
+        """The mixer's input: the global ``state``, or the joint observation where the env has none."""
+        return td.get("state") if self.info.state_dim is not None else td.get(OBS).flatten(-2)
+
+    # -- hooks -----------------------------------------------------------------------------------------------
+    def policy(self) -> TensorDictSequential:
+        return TensorDictSequential(self.actor, self.noise)
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        return list(self.actor.parameters())
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        return [*self.critic.parameters(), *self.mixer.parameters()]
+
+    def process_batch(self, td: TensorDictBase) -> TensorDictBase:
+        return td  # the team target reads the root ``terminated``: no per-agent flags needed
+
+    def critic_loss(self, td: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        obs, mask, nxt = td.get(OBS), self.dim_mask(td), td.get("next")
+        with torch.no_grad():
+            next_obs = nxt.get(OBS)
+            next_q = self.q_values(self.target_critic, next_obs, self.target_actor(next_obs), mask)
+            reward = nxt.get((GROUP, "reward")).mean(-2)  # [B, 1] team reward
+            not_terminated = nxt.get("terminated").logical_not()
+            target = reward + self.cfg.gamma * not_terminated * mix(self.target_mixer, next_q, self.state(nxt))
+        q_tot = mix(self.mixer, self.q_values(self.critic, obs, td.get(ACTION), mask), self.state(td))
+        return F.mse_loss(q_tot, target), {"q_tot_mean": q_tot.mean().detach(), "target_mean": target.mean()}
+
+    def level_outputs(self, td: TensorDictBase, level: int) -> LevelActions:
+        return LevelActions(level, None if level == 0 else self.actor.module(td.get(OBS)))
+
+    def actor_loss(self, td: TensorDictBase, others: LevelActions) -> Tensor:
+        """FACMAC's joint loss against level 0, the N-case loss against the level-(k−1) actions after that."""
+        return self.joint_loss(td) if others.actions is None else self.cases_loss(td, others.actions)
+
+    def joint_loss(self, td: TensorDictBase) -> Tensor:
+        """FACMAC's actor loss: ``−Q_tot(s, Q_j(o_j, μ(o_j)) all live) + c · mean(pre_tanh²)``."""
+        obs, mask = td.get(OBS), self.dim_mask(td)
+        pre, action = self.act(obs)
+        with self.frozen_critic():
+            q_tot = mix(self.mixer, self.q_values(self.critic, obs, action, mask), self.state(td))
+        return -q_tot.mean() + self.cfg.action_penalty * action_penalty(pre, mask)
+
+    def cases_loss(self, td: TensorDictBase, fixed: Tensor, reduce: bool = True) -> Tensor:
+        """K-FACMAC's loss: case i has agent i live, the others at ``fixed`` ``[B, N, A]``; one mixer call.
+
+        Returns ``−Σ_i E[Q_tot⁽ⁱ⁾] + penalty`` (valued per case, ``−mean_i``, so levels log comparably), or the
+        ``[B, N(case)]`` values ``−Q_tot⁽ⁱ⁾`` without the penalty if not ``reduce``.
+        """
+        obs, mask = td.get(OBS), self.dim_mask(td)
+        pre, live = self.act(obs)
+        with self.frozen_critic():
+            q_live = self.q_values(self.critic, obs, live, mask)  # [B, N, 1]
+            with torch.no_grad():
+                q_fixed = self.q_values(self.critic, obs, fixed, mask)
+            cases = torch.where(self.eye, q_live.unsqueeze(-3), q_fixed.unsqueeze(-3))  # [B, N(case), N, 1]
+            per_case = -mix(self.mixer, cases, self.state(td)).squeeze(-1)  # [B, N(case)]
+        if not reduce:
+            return per_case
+        total = per_case.mean(0).sum()
+        total = total - (total - per_case.mean()).detach()  # gradient of the sum, value of the mean
+        return total + self.cfg.action_penalty * action_penalty(pre, mask)
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        pairs = ((self.target_actor, self.actor.module), (self.target_critic, self.critic),
+                 (self.target_mixer, self.mixer))
+        targets = [p for target, _ in pairs for p in target.parameters()]
+        online = [p for _, source in pairs for p in source.parameters()]
+        torch._foreach_lerp_(targets, online, self.cfg.tau)
+
+
+@dataclass
+class FacmacConfig(AlgorithmConfig):
+    """FACMAC / K-FACMAC hyper-parameters (Appendix E.2 and FACMAC's MaMuJoCo settings)."""
+
+    name: str = "facmac"
+    grad_clip: float | None = 0.5
+    """Gradient-norm clip of the actor and the critic+mixer steps."""
+    tau: float = 0.001
+    """Polyak averaging rate of the target actor, critic and mixer."""
+    noise_sigma: float = 0.1
+    """Standard deviation of the Gaussian exploration noise added to actions."""
+    mixer: str = "qmix"
+    """qmix (monotonic, two-layer hypernetworks), qmix_nonmonotonic or vdn."""
+    mixer_embed_dim: int = 64
+    """Width of the mixing layer."""
+    hypernet_hidden: int = 64
+    """Hidden width of the mixer's weight hypernetworks."""
+    action_penalty: float = 1e-3
+    """Coefficient of the actor's mean(pre_tanh²) penalty."""

@@ -1,0 +1,39 @@
+"""A callback for the data-parallel test: records, per rank, the actor parameters after every K level (the
+intermediate levels too) and a fingerprint of the data each rank collected. Loaded by the training subprocess
+via ``+callbacks.probe._target_=ddp_probe.LevelProbe``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+def _digest(tensors: list[torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class LevelProbe(Callback):
+    def __init__(self, out: str):
+        self.out = Path(out)
+        self.levels: list[list[Any]] = []
+        self.batches: list[str] = []
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pl_module.level_hook = lambda level, params: self.levels.append(
+            [pl_module.iterations, level, _digest(list(params))])
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self.batches.append(_digest([batch.get(("agents", "observation"))]))
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"rank{trainer.global_rank}.json").write_text(
+            json.dumps({"levels": self.levels, "batches": self.batches, "frames": pl_module.frames}))

@@ -1,0 +1,84 @@
+"""Bad configuration fails before any environment starts, with one line naming the key and what is allowed."""
+
+import importlib.util
+
+import pytest
+import torch
+from conftest import compose
+
+from kpg_lightning.config import ConfigError, validate
+from kpg_lightning.envs.registry import make_env
+from kpg_lightning.train import precheck
+
+HAS_MUJOCO = importlib.util.find_spec("gymnasium_robotics") is not None
+
+
+def first_error(overrides: list[str]) -> str | None:
+    """What ``python -m kpg_lightning.train <overrides>`` reports before starting, or None."""
+    message = precheck(overrides)
+    if message:
+        return message
+    cfg = compose(overrides)
+    try:
+        validate(cfg)
+        make_env(cfg.env, seed=0)  # names are checked before any simulator is created
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+CASES = [
+    (["kpg.k=0"], "kpg.k", "integer >= 1"),
+    (["kpg.k=abc"], "kpg.k", "could not be converted to Integer"),
+    (["kpg.kk=1"], "kpg.kk", "not in 'KPGConfig'"),
+    (["foo=1"], "foo", "not in 'Config'"),
+    (["algorithm=nope"], "algorithm/nope", "Available options in 'algorithm': "),
+    (["env=nope"], "env/nope", "Available options in 'env': "),
+    (["env.scenario=nope"], "env.scenario", "valid: "),
+    (["max_frames=-1"], "max_frames", "a number > 0"),
+    (["kpg.adaptive_tol=0"], "kpg.adaptive_tol", "null or a number > 0"),
+    (["kpg.actor_optimizer=lbfgs"], "kpg.actor_optimizer", "one of auto, rmsprop, adam, sgd"),
+    (["algorithm.actor_lr=0"], "algorithm.actor_lr", "a number > 0"),
+    (["algorithm.gamma=1.5"], "algorithm.gamma", "a number in (0, 1]"),
+    (["buffer.batch_size=0"], "buffer.batch_size", "a number > 0"),
+    (["collector.frames_per_batch=0"], "collector.frames_per_batch", "a number > 0"),
+    (["model.activation=swish"], "model.activation", "one of relu, tanh"),
+    (["model.actor_hidden=[64,-1]"], "model.actor_hidden", "positive layer sizes"),
+    (["trainer.strategy=nope"], "trainer.strategy", "one of auto, ddp"),
+    (["trainer.nosuchflag=1"], "trainer.nosuchflag", "not in 'TrainerConfig'"),
+    (["on_nonfinite=ignore"], "on_nonfinite", "stop or skip"),
+    (["env=smax"], "algorithm.name", "an algorithm for discrete actions"),
+    (["checkpoint.keep_last=0"], "checkpoint.keep_last", "a number > 0"),
+    (["eval.episodes=0"], "eval.episodes", "a number > 0"),
+    (["eval.max_steps=0"], "eval.max_steps", "null or an integer > 0"),
+    (["resume=/no/such/run"], "resume", "no such run directory or checkpoint"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key", "allowed"), CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_malformed_config_gives_one_line_naming_the_key(overrides, key, allowed):
+    if overrides[0].startswith("resume="):
+        from kpg_lightning.train import resolve_checkpoint
+
+        with pytest.raises(ConfigError) as info:
+            resolve_checkpoint(overrides[0].split("=", 1)[1])
+        message = str(info.value)
+    else:
+        message = first_error(overrides)
+    assert message is not None, f"{overrides} was accepted"
+    assert "\n" not in message and key in message and allowed in message, message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_requested_without_one():
+    assert "trainer.accelerator='gpu' is not allowed" in first_error(["trainer.accelerator=gpu"])
+
+
+@pytest.mark.skipif(not HAS_MUJOCO, reason="gymnasium-robotics not installed")
+def test_bad_mamujoco_partition():
+    message = first_error(["env=mamujoco", "env.agent_conf=3x7"])
+    assert message.startswith("env.agent_conf") and "valid" in message
+
+
+def test_valid_defaults_pass():
+    assert first_error([]) is None
