@@ -30,7 +30,7 @@ SETTINGS: dict[str, list[str]] = {
     "maddpg_vmas": ["+experiment=k2_maddpg_vmas_balance"],
 }
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger.tensorboard=null",
-         "eval.every_frames=0", "eval.episodes=1", "checkpoint.every_frames=100000000"]
+         "eval.every_frames=0", "eval.episodes=1", "trainer.enable_checkpointing=false"]
 
 
 def measure(setting: str, k: int, frames: int, warmup: int, workdir: Path) -> dict[str, float]:
