@@ -31,10 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Binary, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from kpg_lightning.envs.smax import masked_random_action
+from kpg_lightning.envs.starcraft import StarCraftSpecs
 
 __all__ = ["SmacEnv", "SmacUnavailableError", "make_smac_env"]
 
@@ -87,7 +86,7 @@ def _check_map_name(map_name: str) -> None:
         raise ValueError(f"Unknown SMAC map_name {map_name!r}; valid maps: {', '.join(names)}")
 
 
-class SmacEnv(EnvBase):
+class SmacEnv(StarCraftSpecs, EnvBase):
     """One SMAC battle (``smac.env.StarCraft2Env`` or anything with its API) as a TorchRL env.
 
     Args:
@@ -125,40 +124,6 @@ class SmacEnv(EnvBase):
         self.state_dim: int = int(info["state_shape"])
         self.episode_limit: int = int(info["episode_limit"])
         self._make_specs()
-
-    @property
-    def env_info(self) -> dict[str, int]:
-        """Sizes in SMAC's ``get_env_info`` vocabulary."""
-        return {
-            "n_agents": self.n_agents,
-            "n_actions": self.n_actions,
-            "obs_shape": self.obs_dim,
-            "state_shape": self.state_dim,
-            "episode_limit": self.episode_limit,
-        }
-
-    def _make_specs(self) -> None:
-        n, a, d = self.n_agents, self.n_actions, self.device
-        flag = lambda *shape: Categorical(2, shape=torch.Size(shape), dtype=torch.bool, device=d)  # noqa: E731
-        self.full_observation_spec = Composite(
-            agents=Composite(
-                observation=Unbounded((n, self.obs_dim), dtype=torch.float32, device=d),
-                action_mask=Binary(a, shape=(n, a), dtype=torch.bool, device=d),
-                shape=(n,),
-            ),
-            state=Unbounded((self.state_dim,), dtype=torch.float32, device=d),
-            battle_won=flag(1),
-        )
-        self.full_action_spec = Composite(
-            agents=Composite(action=Categorical(a, shape=(n,), dtype=torch.int64, device=d), shape=(n,))
-        )
-        self.full_reward_spec = Composite(
-            agents=Composite(reward=Unbounded((n, 1), dtype=torch.float32, device=d), shape=(n,))
-        )
-        flags = ("done", "terminated", "truncated")
-        self.full_done_spec = Composite(
-            **{k: flag(1) for k in flags}, agents=Composite(**{k: flag(n, 1) for k in flags}, shape=(n,))
-        )
 
     def _set_seed(self, seed: int | None) -> None:
         if seed is not None and seed != self._seed:
@@ -210,14 +175,6 @@ class SmacEnv(EnvBase):
         out = self._observe(mask, terminated, game_over and not terminated, won)
         out.set(("agents", "reward"), torch.full((self.n_agents, 1), float(reward), device=self.device))
         return out
-
-    def rand_action(self, tensordict: TensorDictBase | None = None) -> TensorDictBase:
-        """Uniform random *available* actions (SMAC rejects unavailable ones)."""
-        mask = None if tensordict is None else tensordict.get(("agents", "action_mask"), None)
-        if mask is None:
-            return super().rand_action(tensordict)
-        tensordict.set(("agents", "action"), masked_random_action(mask))
-        return tensordict
 
     def close(self, *, raise_if_closed: bool = True) -> None:
         """Close the StarCraft II process."""

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Binary, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
+
+from kpg_lightning.envs.starcraft import StarCraftSpecs, masked_random_action
 
 __all__ = ["SmaxEnv", "make_smax_env", "masked_random_action", "smax_map_names"]
 
@@ -57,12 +58,6 @@ def _smax_registry() -> dict[str, Any]:
 def smax_map_names() -> list[str]:
     """Names of the maps JaxMARL's SMAX knows (including any added with ``register_scenario``)."""
     return sorted(_smax_registry())
-
-
-def masked_random_action(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform random integer actions among the available ones; ``mask`` is bool ``[..., n_actions]``."""
-    flat = mask.reshape(-1, mask.shape[-1]).float()
-    return torch.multinomial(flat, 1, generator=generator).reshape(mask.shape[:-1])
 
 
 def _to_torch(x: Any, device: torch.device) -> torch.Tensor:
@@ -167,7 +162,7 @@ def _smax_and_functions(map_name: str, num_envs: int, smax_kwargs: dict[str, Any
     return _COMPILED[key]
 
 
-class SmaxEnv(EnvBase):
+class SmaxEnv(StarCraftSpecs, EnvBase):
     """``num_envs`` SMAX battles against JaxMARL's ``HeuristicEnemySMAX``, batched in one JAX call.
 
     Args:
@@ -210,17 +205,6 @@ class SmaxEnv(EnvBase):
         self._make_specs()
         self._set_seed(seed)
 
-    @property
-    def env_info(self) -> dict[str, int]:
-        """Sizes in SMAC's ``get_env_info`` vocabulary."""
-        return {
-            "n_agents": self.n_agents,
-            "n_actions": self.n_actions,
-            "obs_shape": self.obs_dim,
-            "state_shape": self.state_dim,
-            "episode_limit": self.episode_limit,
-        }
-
     def _pick_jax_device(self, jax: Any) -> Any:
         """The GPU torch uses when JAX has GPUs, else JAX's CPU."""
         if self.device is not None and self.device.type == "cuda":
@@ -232,33 +216,6 @@ class SmaxEnv(EnvBase):
             if index < len(gpus):
                 return gpus[index]
         return jax.devices("cpu")[0]
-
-    def _make_specs(self) -> None:
-        (b,), n, d = self.batch_size, self.n_agents, self.device
-        flag = lambda *shape: Categorical(2, shape=torch.Size(shape), dtype=torch.bool, device=d)  # noqa: E731
-        self.full_observation_spec = Composite(
-            agents=Composite(
-                observation=Unbounded((b, n, self.obs_dim), dtype=torch.float32, device=d),
-                action_mask=Binary(self.n_actions, shape=(b, n, self.n_actions), dtype=torch.bool, device=d),
-                shape=(b, n),
-            ),
-            state=Unbounded((b, self.state_dim), dtype=torch.float32, device=d),
-            battle_won=flag(b, 1),
-            shape=(b,),
-        )
-        self.full_action_spec = Composite(
-            agents=Composite(
-                action=Categorical(self.n_actions, shape=(b, n), dtype=torch.int64, device=d), shape=(b, n)
-            ),
-            shape=(b,),
-        )
-        self.full_reward_spec = Composite(
-            agents=Composite(reward=Unbounded((b, n, 1), dtype=torch.float32, device=d), shape=(b, n)),
-            shape=(b,),
-        )
-        done = {k: flag(b, 1) for k in _FLAGS[:3]}
-        agent_done = {k: flag(b, n, 1) for k in _FLAGS[:3]}
-        self.full_done_spec = Composite(**done, agents=Composite(**agent_done, shape=(b, n)), shape=(b,))
 
     def _set_seed(self, seed: int | None) -> None:
         jax = _import_jax()
@@ -317,14 +274,6 @@ class SmaxEnv(EnvBase):
         flags = _to_torch(out["flags"], self.device)
         self._fresh = flags[:, 2].cpu().clone()
         return self._pack(out, flags)
-
-    def rand_action(self, tensordict: TensorDictBase | None = None) -> TensorDictBase:
-        """Uniform random *available* actions (falls back to the spec when no mask is given)."""
-        mask = None if tensordict is None else tensordict.get(("agents", "action_mask"), None)
-        if mask is None:
-            return super().rand_action(tensordict)
-        tensordict.set(("agents", "action"), masked_random_action(mask))
-        return tensordict
 
 
 def make_smax_env(

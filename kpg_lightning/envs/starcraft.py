@@ -1,0 +1,78 @@
+"""Specs and sizes shared by the StarCraft adapters (SMAX vectorized, SMAC one game): one contract, one place."""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.data import Binary, Categorical, Composite, Unbounded
+
+__all__ = ["StarCraftSpecs", "masked_random_action"]
+
+FLAGS = ("done", "terminated", "truncated")
+
+
+def masked_random_action(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform random integer actions among the available ones; ``mask`` is bool ``[..., n_actions]``."""
+    flat = mask.reshape(-1, mask.shape[-1]).float()
+    return torch.multinomial(flat, 1, generator=generator).reshape(mask.shape[:-1])
+
+
+class StarCraftSpecs:
+    """Mixin for an ``EnvBase`` with ``n_agents``, ``n_actions``, ``obs_dim``, ``state_dim``, ``episode_limit``:
+    builds its specs (observations, available-action masks, global state, win flag, integer actions, team reward
+    per agent, done flags at the root and per agent) over its ``batch_size``."""
+
+    n_agents: int
+    n_actions: int
+    obs_dim: int
+    state_dim: int
+    episode_limit: int
+
+    @property
+    def env_info(self) -> dict[str, int]:
+        """Sizes in SMAC's ``get_env_info`` vocabulary."""
+        return {
+            "n_agents": self.n_agents,
+            "n_actions": self.n_actions,
+            "obs_shape": self.obs_dim,
+            "state_shape": self.state_dim,
+            "episode_limit": self.episode_limit,
+        }
+
+    def rand_action(self, tensordict: TensorDictBase | None = None) -> TensorDictBase:
+        """Uniform random *available* actions (SMAC rejects unavailable ones; SMAX wastes the step)."""
+        mask = None if tensordict is None else tensordict.get(("agents", "action_mask"), None)
+        if mask is None:
+            return super().rand_action(tensordict)
+        tensordict.set(("agents", "action"), masked_random_action(mask))
+        return tensordict
+
+    def _make_specs(self) -> None:
+        batch, n, a, d = tuple(self.batch_size), self.n_agents, self.n_actions, self.device
+        agents = (*batch, n)
+
+        def flag(*shape: int) -> Categorical:
+            return Categorical(2, shape=torch.Size((*batch, *shape)), dtype=torch.bool, device=d)
+
+        self.full_observation_spec = Composite(
+            agents=Composite(
+                observation=Unbounded((*agents, self.obs_dim), dtype=torch.float32, device=d),
+                action_mask=Binary(a, shape=(*agents, a), dtype=torch.bool, device=d),
+                shape=agents,
+            ),
+            state=Unbounded((*batch, self.state_dim), dtype=torch.float32, device=d),
+            battle_won=flag(1),
+            shape=batch,
+        )
+        self.full_action_spec = Composite(
+            agents=Composite(action=Categorical(a, shape=agents, dtype=torch.int64, device=d), shape=agents),
+            shape=batch,
+        )
+        self.full_reward_spec = Composite(
+            agents=Composite(reward=Unbounded((*agents, 1), dtype=torch.float32, device=d), shape=agents),
+            shape=batch,
+        )
+        self.full_done_spec = Composite(
+            **{k: flag(1) for k in FLAGS}, agents=Composite(**{k: flag(n, 1) for k in FLAGS}, shape=agents),
+            shape=batch,
+        )
