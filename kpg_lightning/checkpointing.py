@@ -1,10 +1,10 @@
 """Checkpoints that are never half-written and never unpickled, replay buffers included.
 
 A checkpoint is a directory ``checkpoints/frames_<N>/`` holding ``model.ckpt`` (Lightning: networks, targets,
-optimizers, callbacks, loops, counters, RNG states), ``replay_rank<r>/`` (TorchRL storage/writer/sampler
-serialization: memory-mapped tensors and JSON) and ``meta.json`` with the SHA-256 of every file. It is written
-under a temporary name and renamed when complete; ``checkpoints/last.ckpt`` is a hard link to the newest
-``model.ckpt``. On resume the newest directory whose checksums verify is used; a corrupt or partial one is
+optimizers, callbacks, loops, counters, RNG states), ``replay_rank<r>/`` (the written replay rows as
+memory-mapped tensors, TorchRL's writer/sampler state as JSON) and ``meta.json`` with the SHA-256 of every file.
+It is written under a temporary name and renamed when complete; ``checkpoints/last.ckpt`` is a hard link to the
+newest ``model.ckpt``. On resume the newest directory whose checksums verify is used; a corrupt or partial one is
 reported and skipped.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 
 __all__ = ["CheckpointError", "capture_rng", "find_checkpoint", "load_replay", "restore_rng", "save_replay",
@@ -108,16 +109,22 @@ def find_checkpoint(resume: str | os.PathLike) -> tuple[Path, list[str]]:
 
 
 def save_replay(buffer: ReplayBuffer, path: Path) -> None:
-    """Storage, writer and sampler in TorchRL's own formats (memory-mapped tensors and JSON; no pickle)."""
+    """The written rows of the storage (TensorDict's memory-mapped format), the writer's and sampler's state
+    (JSON; TorchRL's own ``dumps``), no pickle. Only the rows in use are written: a 1M-frame buffer early in a run
+    costs its filled part, not its capacity."""
     path.mkdir(parents=True, exist_ok=True)
-    buffer._storage.dumps(path / "storage")
+    rows = len(buffer._storage)
+    if rows:
+        buffer._storage._storage[:rows].memmap(path / "storage")
     buffer._writer.dumps(path / "writer")
     buffer._sampler.dumps(path / "sampler")
 
 
 def load_replay(buffer: ReplayBuffer, path: Path) -> None:
-    """Inverse of :func:`save_replay`."""
-    buffer._storage.loads(path / "storage")
+    """Inverse of :func:`save_replay`: the rows go back to the same indices of a storage of the same capacity."""
+    if (path / "storage").is_dir():
+        rows = TensorDict.load_memmap(path / "storage")
+        buffer._storage.set(torch.arange(rows.shape[0]), rows)
     buffer._writer.loads(path / "writer")
     buffer._sampler.loads(path / "sampler")
 

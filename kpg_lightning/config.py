@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from kpg_lightning.models import ModelConfig
 
@@ -206,6 +206,15 @@ def validate(cfg: DictConfig) -> None:
     _check(space in supported, "algorithm.name",
            f"an algorithm for {space} actions ({cfg.algorithm.name} supports {', '.join(supported)}) on {family.name}",
            cfg.algorithm.name)
+    for key, allowed, value in OmegaConf.to_object(cfg.algorithm).problems():
+        _check(False, f"algorithm.{key}", allowed, value)
+    algorithm_cls = ALGORITHMS[cfg.algorithm.name][0]
+    if cfg.model.recurrent:
+        recurrent = ", ".join(name for name, (cls, _) in ALGORITHMS.items() if cls.recurrent_actors)
+        _check(algorithm_cls.recurrent_actors, "model.recurrent",
+               f"false for {cfg.algorithm.name} (recurrent actors: {recurrent})", True)
+        _check(cfg.model.share_params, "model.share_params", "true with model.recurrent=true (a shared GRU)",
+               cfg.model.share_params)
     _check_model(cfg)
     _check_trainer(cfg)
     _check(0 < cfg.algorithm.gamma <= 1, "algorithm.gamma", "a number in (0, 1]", cfg.algorithm.gamma)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,19 @@ def make_actor_optimizer(name: str, k: int, params: list[torch.nn.Parameter], lr
         name = "rmsprop" if k > 1 else "adam"
     optimizers = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
     return optimizers[name](params, lr=lr)
+
+
+@contextmanager
+def frozen(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Parameters out of the autograd graph for a while (``requires_grad`` restored afterwards)."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
 
 
 def _without_info(td: TensorDictBase) -> TensorDictBase:
@@ -169,17 +183,18 @@ class KPGModule(LightningModule):
         self.timing["critic"] += time.perf_counter() - start
         actor_step = partial(gradient_step, actor_opt, backward=self.manual_backward, clip_grad_norm=clip,
                              params=actor_params, name="actor loss")
-        for chunk in alg.actor_batches(td, scope=self.kpg.scope):
-            stats = k_level_step(
-                actor_opt, self.kpg.k,
-                level_update=lambda others, chunk=chunk: alg.actor_update(chunk, others, actor_step),
-                level_outputs=lambda level, chunk=chunk: alg.level_outputs(chunk, level),
-                params=actor_params, adaptive_tol=self.kpg.adaptive_tol,
-                synchronize=self._sync if self.profile_levels else None, on_level=self.level_hook,
-            )
-            for level, seconds in enumerate(stats.level_time_s, start=1):
-                self.timing[f"level_{level}"] += seconds
-            self.step_stats.append(stats)
+        with frozen(critic_params):  # the actor levels need no critic/mixer gradients
+            for chunk in alg.actor_batches(td, scope=self.kpg.scope):
+                stats = k_level_step(
+                    actor_opt, self.kpg.k,
+                    level_update=lambda others, chunk=chunk: alg.actor_update(chunk, others, actor_step),
+                    level_outputs=lambda level, chunk=chunk: alg.level_outputs(chunk, level),
+                    params=actor_params, adaptive_tol=self.kpg.adaptive_tol,
+                    synchronize=self._sync if self.profile_levels else None, on_level=self.level_hook,
+                )
+                for level, seconds in enumerate(stats.level_time_s, start=1):
+                    self.timing[f"level_{level}"] += seconds
+                self.step_stats.append(stats)
         alg.update_targets()
         self.train_steps += 1
         return {**metrics, "actor_loss": stats.objective[-1]}

@@ -71,7 +71,9 @@ def collection_seed(seed: int, rank: int, start_frames: int) -> int:
 
 
 def global_rank() -> int:
-    """This process's rank before the trainer exists (torchrun/SLURM set RANK; Lightning's launcher LOCAL_RANK)."""
+    """This process's rank before the trainer exists (torchrun/SLURM set RANK; Lightning's launcher LOCAL_RANK).
+
+    Only seeds the replay buffer's sampling generator; collection seeds use the trainer's own ``global_rank``."""
     for key in ("RANK", "SLURM_PROCID"):
         if key in os.environ:
             return int(os.environ[key])
@@ -116,7 +118,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                                                                  seed=collection_seed(cfg.seed, rank, -1))
 
     def make_collector(total_frames: int, init_random_frames: int, start_frames: int) -> Collector:
-        env.set_seed(collection_seed(cfg.seed, rank, start_frames))
+        env.set_seed(collection_seed(cfg.seed, module.global_rank, start_frames))  # the launcher's true rank
         per_batch = cfg.collector.frames_per_batch
         return Collector(env, algorithm.policy(), frames_per_batch=per_batch,
                          total_frames=-(-total_frames // per_batch) * per_batch, init_random_frames=init_random_frames,

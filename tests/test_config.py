@@ -52,6 +52,15 @@ CASES = [
     (["eval.episodes=0"], "eval.episodes", "a number > 0"),
     (["eval.max_steps=0"], "eval.max_steps", "null or an integer > 0"),
     (["resume=/no/such/run"], "resume", "no such run directory or checkpoint"),
+    (["algorithm.tau=0"], "algorithm.tau", "a number in (0, 1]"),
+    (["model.recurrent=true"], "model.recurrent", "false for maddpg (recurrent actors: mappo, ippo)"),
+    (["algorithm=facmac", "env=mamujoco", "algorithm.mixer=qmax"], "algorithm.mixer", "one of qmix, "),
+    (["algorithm=facmac", "env=mamujoco", "algorithm.hypernet_hidden=0"], "algorithm.hypernet_hidden", ">= 1"),
+    (["algorithm=mappo", "env=smax", "algorithm.clip_epsilon=-1"], "algorithm.clip_epsilon", "a number > 0"),
+    (["algorithm=mappo", "env=smax", "algorithm.gae_lambda=2"], "algorithm.gae_lambda", "in [0, 1]"),
+    (["algorithm=ippo", "env=smax", "algorithm.minibatches=0"], "algorithm.minibatches", "an integer >= 1"),
+    (["algorithm=mappo", "env=smax", "model.recurrent=true", "model.share_params=false"], "model.share_params",
+     "true with model.recurrent=true"),
 ]
 
 

@@ -87,3 +87,18 @@ def test_module_update_keeps_only_level_k(k):
     stats = k_level_step(opt, k, lambda o: gradient_step(opt, alg.actor_loss(td, o)), outputs)
     assert levels == list(range(k)) and stats.levels_run == k
     assert all(d > 0 for d in stats.level_delta)
+
+
+def test_actor_levels_leave_the_critic_out_of_the_graph():
+    """The module freezes critic parameters around the K-level step: no critic gradient is computed there."""
+    from kpg_lightning.kpg import gradient_step, k_level_step
+    from kpg_lightning.module import frozen
+
+    alg, td = _setup(True)
+    opt = torch.optim.RMSprop(alg.actor_parameters(), lr=1e-2)
+    critic = alg.critic_parameters()
+    with frozen(critic):
+        k_level_step(opt, 2, lambda o: gradient_step(opt, alg.actor_loss(td, o)),
+                     lambda level: alg.level_outputs(td, level))
+    assert all(p.grad is None for p in critic) and all(p.requires_grad for p in critic)
+    assert all(p.grad is not None for p in alg.actor_parameters())

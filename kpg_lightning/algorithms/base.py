@@ -15,7 +15,7 @@ K = 1 the update is the ordinary algorithm's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -46,6 +46,11 @@ class AlgorithmConfig:
     grad_clip: float | None = None
     """Gradient-norm clip for actor and critic steps; null disables."""
 
+    def problems(self) -> Iterator[tuple[str, str, Any]]:
+        """``(field, what is allowed, value)`` for each algorithm-specific field the algorithm cannot use
+        (the common fields are checked by ``kpg_lightning.config.validate``)."""
+        return iter(())
+
 
 def expand_done(td: TensorDictBase, group: str = GROUP) -> TensorDictBase:
     """Copy root ``done``/``terminated`` of ``("next", ...)`` to every agent, as the per-agent losses expect."""
@@ -62,6 +67,8 @@ class Algorithm(nn.Module):
     on_policy: ClassVar[bool] = False
     action_spaces: ClassVar[tuple[str, ...]] = ("continuous", "discrete")
     """Action spaces the algorithm supports (checked against the env before anything starts)."""
+    recurrent_actors: ClassVar[bool] = False
+    """Whether ``model.recurrent=true`` (GRU actors) is supported."""
     config_class: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
 
     def __init__(self, cfg: AlgorithmConfig, info: EnvInfo, model: ModelConfig):

@@ -25,9 +25,9 @@ is TorchRL's ``AdditiveGaussianModule``; the mixers subclass TorchRL's ``Mixer``
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ from torchrl.modules import AdditiveGaussianModule
 
 from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig
 from kpg_lightning.envs.info import GROUP, EnvInfo
-from kpg_lightning.mixers import make_mixer, mix
+from kpg_lightning.mixers import MIXERS, make_mixer, mix
 from kpg_lightning.models import AgentMLP, ModelConfig, ScaledTanh
 
 __all__ = ["Facmac", "FacmacConfig", "LevelActions", "action_penalty"]
@@ -104,19 +104,6 @@ class Facmac(Algorithm):
         """``[B, N, A]`` float mask of the real action dimensions (None: the env has no ``action_dim_mask``)."""
         return td.get(DIM_MASK).to(td.get(OBS).dtype) if self.info.has_action_dim_mask else None
 
-    @contextmanager
-    def frozen_critic(self) -> Iterator[None]:
-        """Critic and mixer weights out of the graph: the actor step needs no gradient for them (~15% faster)."""
-        params = self.critic_parameters()
-        flags = [p.requires_grad for p in params]
-        for p in params:
-            p.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for p, flag in zip(params, flags, strict=True):
-                p.requires_grad_(flag)
-
     def state(self, td: TensorDictBase) -> Tensor:
         """The mixer's input: the global ``state``, or the joint observation where the env has none."""
         return td.get("state") if self.info.state_dim is not None else td.get(OBS).flatten(-2)
@@ -156,8 +143,7 @@ class Facmac(Algorithm):
         """FACMAC's actor loss: ``−Q_tot(s, Q_j(o_j, μ(o_j)) all live) + c · mean(pre_tanh²)``."""
         obs, mask = td.get(OBS), self.dim_mask(td)
         pre, action = self.act(obs)
-        with self.frozen_critic():
-            q_tot = mix(self.mixer, self.q_values(self.critic, obs, action, mask), self.state(td))
+        q_tot = mix(self.mixer, self.q_values(self.critic, obs, action, mask), self.state(td))
         return -q_tot.mean() + self.cfg.action_penalty * action_penalty(pre, mask)
 
     def cases_loss(self, td: TensorDictBase, fixed: Tensor, reduce: bool = True) -> Tensor:
@@ -168,12 +154,11 @@ class Facmac(Algorithm):
         """
         obs, mask = td.get(OBS), self.dim_mask(td)
         pre, live = self.act(obs)
-        with self.frozen_critic():
-            q_live = self.q_values(self.critic, obs, live, mask)  # [B, N, 1]
-            with torch.no_grad():
-                q_fixed = self.q_values(self.critic, obs, fixed, mask)
-            cases = torch.where(self.eye, q_live.unsqueeze(-3), q_fixed.unsqueeze(-3))  # [B, N(case), N, 1]
-            per_case = -mix(self.mixer, cases, self.state(td)).squeeze(-1)  # [B, N(case)]
+        q_live = self.q_values(self.critic, obs, live, mask)  # [B, N, 1]
+        with torch.no_grad():
+            q_fixed = self.q_values(self.critic, obs, fixed, mask)
+        cases = torch.where(self.eye, q_live.unsqueeze(-3), q_fixed.unsqueeze(-3))  # [B, N(case), N, 1]
+        per_case = -mix(self.mixer, cases, self.state(td)).squeeze(-1)  # [B, N(case)]
         if not reduce:
             return per_case
         total = per_case.mean(0).sum()
@@ -208,3 +193,15 @@ class FacmacConfig(AlgorithmConfig):
     """Hidden width of the mixer's weight hypernetworks."""
     action_penalty: float = 1e-3
     """Coefficient of the actor's mean(pre_tanh²) penalty."""
+
+    def problems(self) -> Iterator[tuple[str, str, Any]]:
+        if self.mixer not in MIXERS:
+            yield "mixer", f"one of {', '.join(MIXERS)}", self.mixer
+        if not 0 < self.tau <= 1:
+            yield "tau", "a number in (0, 1]", self.tau
+        for key in ("noise_sigma", "action_penalty"):
+            if getattr(self, key) < 0:
+                yield key, "a number >= 0", getattr(self, key)
+        for key in ("mixer_embed_dim", "hypernet_hidden"):
+            if getattr(self, key) < 1:
+                yield key, "an integer >= 1", getattr(self, key)

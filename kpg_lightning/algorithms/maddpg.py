@@ -7,7 +7,9 @@ cases are scored in one batched critic pass. The critic's TD loss and Polyak tar
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -106,3 +108,9 @@ class MaddpgConfig(AlgorithmConfig):
     """Polyak averaging rate of the target actor and critic."""
     noise_sigma: float = 0.1
     """Standard deviation of the Gaussian exploration noise added to actions."""
+
+    def problems(self) -> Iterator[tuple[str, str, Any]]:
+        if not 0 < self.tau <= 1:
+            yield "tau", "a number in (0, 1]", self.tau
+        if self.noise_sigma < 0:
+            yield "noise_sigma", "a number >= 0", self.noise_sigma

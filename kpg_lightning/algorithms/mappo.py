@@ -14,8 +14,9 @@ Rollouts are ``[envs, T]``; minibatches split envs, never time, so recurrent act
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -91,6 +92,7 @@ class Mappo(Algorithm):
     """MAPPO (centralized critic) or IPPO (``centralized_critic=False``); K-MAPPO through the K-level engine."""
 
     on_policy = True
+    recurrent_actors = True
 
     def __init__(self, cfg: MappoConfig, info: EnvInfo, model: ModelConfig):
         super().__init__(cfg, info, model)
@@ -247,6 +249,18 @@ class MappoConfig(AlgorithmConfig):
     """Standardize advantages per minibatch."""
     anneal_lr: bool = True
     """Anneal every learning rate linearly to 0 over ``max_frames``."""
+
+    def problems(self) -> Iterator[tuple[str, str, Any]]:
+        if self.clip_epsilon <= 0:
+            yield "clip_epsilon", "a number > 0", self.clip_epsilon
+        if not 0 <= self.gae_lambda <= 1:
+            yield "gae_lambda", "a number in [0, 1]", self.gae_lambda
+        for key in ("value_coef", "entropy_coef"):
+            if getattr(self, key) < 0:
+                yield key, "a number >= 0", getattr(self, key)
+        for key in ("epochs", "minibatches"):
+            if getattr(self, key) < 1:
+                yield key, "an integer >= 1", getattr(self, key)
 
 
 @dataclass
