@@ -56,13 +56,16 @@ class CollectorConfig:
 @dataclass
 class BufferConfig:
     size: int = 1_000_000
-    """Replay capacity in frames (off-policy algorithms)."""
+    """Replay capacity (off-policy algorithms) in the algorithm's replay unit: frames, or episodes for recurrent
+    off-policy algorithms (QMIX/VDN/IQL, recurrent FACMAC/MADDPG; Appendix E.2: 5000 episodes)."""
     batch_size: int = 128
-    """Frames sampled per gradient update."""
+    """Items sampled per gradient update: frames, or whole episodes (Appendix E.2: 32)."""
     updates_per_batch: int = 10
     """Gradient updates (critic step + K-level actor step) per collected batch."""
     learning_starts: int = 0
-    """Frames collected before the first update."""
+    """Frames collected before the first update (episode replay also waits for ``batch_size`` episodes)."""
+    episode_length: int | None = None
+    """Steps each replayed episode is zero-padded to (episode replay); null: the environment's episode limit."""
 
 
 @dataclass
@@ -209,6 +212,11 @@ def validate(cfg: DictConfig) -> None:
     for key, allowed, value in OmegaConf.to_object(cfg.algorithm).problems():
         _check(False, f"algorithm.{key}", allowed, value)
     algorithm_cls = ALGORITHMS[cfg.algorithm.name][0]
+    if not algorithm_cls.has_actor:
+        _check(cfg.kpg.k == 1, "kpg.k", f"1 for {cfg.algorithm.name} (value-based: no policy gradient to recurse)",
+               cfg.kpg.k)
+    length = cfg.buffer.get("episode_length")
+    _check(length is None or length > 0, "buffer.episode_length", "null or an integer > 0", length)
     if cfg.model.recurrent:
         recurrent = ", ".join(name for name, (cls, _) in ALGORITHMS.items() if cls.recurrent_actors)
         _check(algorithm_cls.recurrent_actors, "model.recurrent",

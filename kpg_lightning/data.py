@@ -6,13 +6,13 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDictBase, pad
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import RandomSampler
 
-__all__ = ["CollectorStream", "make_replay_buffer", "stream_loader"]
+__all__ = ["CollectorStream", "EpisodeAssembler", "make_replay_buffer", "stream_loader"]
 
 
 class CollectorStream(IterableDataset):
@@ -61,7 +61,57 @@ def stream_loader(stream: CollectorStream) -> DataLoader:
 
 
 def make_replay_buffer(size: int, batch_size: int, seed: int = 0, device: str = "cpu") -> TensorDictReplayBuffer:
-    """Uniform replay over single frames (TorchRL ``LazyTensorStorage``), sampling from its own seeded generator
-    (saved in checkpoints), so sampling does not depend on what else draws random numbers."""
+    """Uniform replay (TorchRL ``LazyTensorStorage``) over ``size`` items — single frames, or whole padded
+    episodes for episodic algorithms — sampling from its own seeded generator (saved in checkpoints), so sampling
+    does not depend on what else draws random numbers."""
     return TensorDictReplayBuffer(storage=LazyTensorStorage(size, device=device), sampler=RandomSampler(),
                                   batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
+
+
+class EpisodeAssembler:
+    """Cuts collected rollouts ``[envs, T]`` into whole episodes for episode replay (Appendix E.2: batches of fully
+    unrolled episodes, zero-padded to a common length).
+
+    An episode that spans several collected batches is kept per environment until its ``("next", "done")`` step
+    arrives; :meth:`add` returns the episodes completed by a batch, stacked ``[n, length]``, each zero-padded to
+    ``length`` steps with ``filled [length, 1]`` True on its real steps. :meth:`reset` drops unfinished episodes:
+    call it whenever the environments are reset (a new collection segment), since those episodes never end.
+    """
+
+    def __init__(self, length: int):
+        if length < 1:
+            raise ValueError(f"buffer.episode_length: an integer >= 1, got {length}")
+        self.length = length
+        self.pending: dict[int, list[TensorDictBase]] = {}
+
+    def reset(self) -> None:
+        self.pending.clear()
+
+    def add(self, batch: TensorDictBase) -> TensorDictBase | None:
+        if batch.ndim == 1:  # an env without batch dimensions: one row of T steps
+            batch = batch.unsqueeze(0)
+        if batch.ndim != 2:
+            raise ValueError(f"episode replay expects rollouts [envs, T], got batch shape {tuple(batch.shape)}")
+        done = batch.get(("next", "done")).reshape(batch.shape[0], batch.shape[1])
+        episodes = []
+        for env in range(batch.shape[0]):
+            start = 0
+            for end in (done[env].nonzero().squeeze(-1) + 1).tolist():
+                pieces = [*self.pending.pop(env, []), batch[env, start:end]]
+                episodes.append(self._padded(torch.cat(pieces) if len(pieces) > 1 else pieces[0]))
+                start = end
+            if start < batch.shape[1]:
+                self.pending.setdefault(env, []).append(batch[env, start:])
+                if sum(piece.shape[0] for piece in self.pending[env]) > self.length:
+                    raise ValueError(f"buffer.episode_length: an episode ran past {self.length} steps; set it to "
+                                     "the environment's episode limit or more")
+        return torch.stack(episodes) if episodes else None
+
+    def _padded(self, episode: TensorDictBase) -> TensorDictBase:
+        steps = episode.shape[0]
+        if steps > self.length:
+            raise ValueError(f"buffer.episode_length: an episode of {steps} steps does not fit in {self.length}; "
+                             "set it to the environment's episode limit or more")
+        episode = episode.clone(False) if episode.is_locked else episode
+        episode.set("filled", torch.ones(steps, 1, dtype=torch.bool, device=episode.device))
+        return pad(episode, [0, self.length - steps]) if steps < self.length else episode

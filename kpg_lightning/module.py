@@ -27,7 +27,7 @@ from torchrl.data import ReplayBuffer
 from kpg_lightning.algorithms.base import Algorithm
 from kpg_lightning.checkpointing import capture_rng, load_replay, restore_rng, save_replay
 from kpg_lightning.config import BufferConfig, KPGConfig
-from kpg_lightning.data import CollectorStream, stream_loader
+from kpg_lightning.data import CollectorStream, EpisodeAssembler, stream_loader
 from kpg_lightning.envs.info import GROUP
 from kpg_lightning.kpg import KLevelStats, NonFiniteError, gradient_step, k_level_step
 
@@ -77,11 +77,14 @@ class KPGModule(LightningModule):
         on_nonfinite: ``stop`` (save a checkpoint of the last finite state and stop) or ``skip`` (drop the
             update) when a loss or gradient is NaN/inf.
         config: the resolved run configuration, kept in checkpoints.
+        episode_length: steps each replayed episode is padded to, for algorithms whose ``replay_unit`` is
+            ``episodes`` (collected rollouts are cut into whole episodes by an :class:`EpisodeAssembler`).
     """
 
     def __init__(self, algorithm: Algorithm, kpg: KPGConfig, buffer: BufferConfig, replay: ReplayBuffer | None,
                  make_collector: Callable[[int, int, int], Collector], max_frames: int, init_random_frames: int = 0,
-                 segment_frames: int | None = None, on_nonfinite: str = "stop", config: dict[str, Any] | None = None):
+                 segment_frames: int | None = None, on_nonfinite: str = "stop", config: dict[str, Any] | None = None,
+                 episode_length: int | None = None):
         super().__init__()
         self.automatic_optimization = False
         self.algorithm, self.kpg, self.buffer_cfg, self.replay = algorithm, kpg, buffer, replay
@@ -102,6 +105,11 @@ class KPGModule(LightningModule):
         self.profile_levels = False
         self.level_hook: Callable[[int, Any], None] | None = None
         self.stream: CollectorStream | None = None
+        self.episodes: EpisodeAssembler | None = None
+        if algorithm.replay_unit == "episodes" and not algorithm.on_policy:
+            if episode_length is None:
+                raise ValueError("buffer.episode_length: episode replay needs the episode limit; set it")
+            self.episodes = EpisodeAssembler(episode_length)
 
     # -- data -------------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -113,6 +121,8 @@ class KPGModule(LightningModule):
         if remaining <= 0:
             return None
         self._segment_start = self.frames
+        if self.episodes is not None:  # the new segment resets the environments: unfinished episodes never end
+            self.episodes.reset()
         segment = min(remaining, self.segment_frames - self.frames % self.segment_frames)
         random_frames = min(segment, max(0, self.init_random_frames - self.frames))
         world = self.world_size  # every rank collects its share of the run's frames
@@ -131,13 +141,22 @@ class KPGModule(LightningModule):
     # -- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         cfg = self.algorithm.cfg
-        actor = make_actor_optimizer(self.kpg.actor_optimizer, self.kpg.k, self.algorithm.actor_parameters(),
-                                     cfg.actor_lr)
         critic = torch.optim.Adam(self.algorithm.critic_parameters(), lr=cfg.critic_lr)
-        for opt in (actor, critic):
+        optimizers = [critic]
+        if self.algorithm.has_actor:
+            optimizers.insert(0, make_actor_optimizer(self.kpg.actor_optimizer, self.kpg.k,
+                                                      self.algorithm.actor_parameters(), cfg.actor_lr))
+        for opt in optimizers:
             for group in opt.param_groups:
                 group.setdefault("initial_lr", group["lr"])
-        return [actor, critic]
+        return optimizers
+
+    def _optimizers(self) -> tuple[Any, Any]:
+        """``(actor optimizer or None, critic optimizer)``."""
+        opts = self.optimizers()
+        if not isinstance(opts, list):
+            opts = [opts]
+        return (opts[0], opts[1]) if len(opts) == 2 else (None, opts[0])
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         self.timing = defaultdict(float)
@@ -148,8 +167,15 @@ class KPGModule(LightningModule):
         if self.algorithm.on_policy:
             updates = [batch.to(self.device)]
         else:
-            self.replay.extend(_without_info(batch.reshape(-1)))
-            ready = self.frames >= self.buffer_cfg.learning_starts
+            if self.episodes is None:
+                self.replay.extend(_without_info(batch.reshape(-1)))
+                ready = self.frames >= self.buffer_cfg.learning_starts
+            else:
+                episodes = self.episodes.add(_without_info(batch))
+                if episodes is not None:
+                    self.replay.extend(episodes)
+                ready = (self.frames >= self.buffer_cfg.learning_starts
+                         and len(self.replay) >= self.buffer_cfg.batch_size)
             updates = (self.replay.sample().to(self.device) for _ in range(self.buffer_cfg.updates_per_batch * ready))
         for td in updates:
             try:
@@ -172,7 +198,7 @@ class KPGModule(LightningModule):
 
     def update(self, td: TensorDictBase) -> dict[str, float]:
         """One update: critic step(s), then the K-level actor step, then targets."""
-        actor_opt, critic_opt = self.optimizers()
+        actor_opt, critic_opt = self._optimizers()
         alg, clip = self.algorithm, self.algorithm.cfg.grad_clip
         actor_params, critic_params = alg.actor_parameters(), alg.critic_parameters()
         td = alg.process_batch(td)
@@ -181,6 +207,10 @@ class KPGModule(LightningModule):
                                                 clip_grad_norm=clip, params=critic_params, name="critic loss"))
         self._sync()
         self.timing["critic"] += time.perf_counter() - start
+        if actor_opt is None:  # value-based: the critic step is the whole update
+            alg.update_targets()
+            self.train_steps += 1
+            return metrics
         actor_step = partial(gradient_step, actor_opt, backward=self.manual_backward, clip_grad_norm=clip,
                              params=actor_params, name="actor loss")
         with frozen(critic_params):  # the actor levels need no critic/mixer gradients
@@ -209,8 +239,8 @@ class KPGModule(LightningModule):
         self.frames += batch.numel() * self.world_size  # the run's frames, all ranks together
         self.iterations += 1
         self.algorithm.exploration_step(self.frames)
-        for opt in self.optimizers():
-            for group in opt.optimizer.param_groups:
+        for opt in self._optimizers():
+            for group in opt.optimizer.param_groups if opt is not None else ():
                 group["lr"] = group["initial_lr"] * scale
         done = batch.get(("next", "done")).squeeze(-1)
         if done.any() and ("next", GROUP, "episode_reward") in batch.keys(True, True):

@@ -88,6 +88,18 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def episode_length(cfg: DictConfig, env: EnvBase) -> int:
+    """Steps a replayed episode is padded to: ``buffer.episode_length``, else the environment's episode limit
+    (``episode_limit`` of the StarCraft adapters, ``env.max_steps`` of VMAS/MaMuJoCo)."""
+    if cfg.buffer.get("episode_length"):
+        return int(cfg.buffer.episode_length)
+    limit = getattr(env.base_env, "episode_limit", None) or cfg.env.get("max_steps")
+    if not limit:
+        raise ConfigError(f"buffer.episode_length: {cfg.algorithm.name} replays whole episodes and "
+                          f"{task_name(cfg.env)} states no episode limit; set buffer.episode_length")
+    return int(limit)
+
+
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """The ``trainer`` group as Trainer arguments. Critic and actor steps backpropagate separately, so each leaves
     the other's parameters unused: DDP strategies get their ``find_unused_parameters_true`` variant."""
@@ -128,7 +140,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     module = KPGModule(algorithm, OmegaConf.to_object(cfg.kpg), OmegaConf.to_object(cfg.buffer), replay,
                        make_collector, cfg.max_frames, cfg.collector.init_random_frames,
                        segment_frames=cfg.checkpoint.every_frames, on_nonfinite=cfg.on_nonfinite,
-                       config=OmegaConf.to_container(cfg, resolve=True))
+                       config=OmegaConf.to_container(cfg, resolve=True),
+                       episode_length=episode_length(cfg, env) if algorithm.replay_unit == "episodes" else None)
     module.resume_dir = checkpoint
     k_cost = KCostCallback()
     evaluation = EvaluationCallback(eval_env, cfg.eval.episodes, cfg.eval.every_frames,

@@ -69,6 +69,14 @@ class Algorithm(nn.Module):
     """Action spaces the algorithm supports (checked against the env before anything starts)."""
     recurrent_actors: ClassVar[bool] = False
     """Whether ``model.recurrent=true`` (GRU actors) is supported."""
+    replay_unit: ClassVar[str] = "frames"
+    """What off-policy replay stores and samples: ``frames`` (single transitions, batches ``[B]``) or
+    ``episodes`` (whole episodes zero-padded to the episode limit, batches ``[B, T]`` with a boolean
+    ``filled [B, T, 1]`` marking real steps; :class:`kpg_lightning.data.EpisodeAssembler`), as recurrent
+    off-policy agents train on fully unrolled episodes (Appendix E.2)."""
+    has_actor: ClassVar[bool] = True
+    """False for value-based algorithms (QMIX, VDN, IQL, COMIX): no actor optimizer and no K-level step; every
+    learned parameter is in ``critic_parameters`` and ``kpg.k`` must be 1."""
     config_class: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
 
     def __init__(self, cfg: AlgorithmConfig, info: EnvInfo, model: ModelConfig):
@@ -87,7 +95,9 @@ class Algorithm(nn.Module):
 
     # hook
     def actor_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the actor: the ones the K-level recursion acts on."""
+        """Parameters of the actor: the ones the K-level recursion acts on (none without an actor)."""
+        if not self.has_actor:
+            return []
         raise NotImplementedError
 
     # hook
