@@ -230,15 +230,27 @@ def summarise(runs: Sequence[Run], incomplete: Iterable[dict[str, Any]] = (), re
 
 
 def _relative(groups: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """(mean_K − mean_K1) / |mean_K1| × 100 per task and variant, and its average over tasks."""
-    base = {(g["task"], g["label"]): g["mean"] for g in groups if g["k"] == 1}
+    """(mean_K − mean_K1) / |mean_K1| × 100 per task and variant, and its average over tasks; also the absolute
+    difference and its standard error. A percentage of a K = 1 mean that is within one standard error of 0 (e.g.
+    a return that crosses 0) is left out (``percent`` None, ``note`` says why): its size would be noise."""
+    base = {(g["task"], g["label"]): g for g in groups if g["k"] == 1}
     rows = []
     for g in groups:
-        k1 = base.get((g["task"], g["label"]))
-        if g["k"] != 1:
-            percent = None if k1 is None or k1 == 0 else 100.0 * (g["mean"] - k1) / abs(k1)
-            rows.append({"task": g["task"], "label": g["label"], "k": g["k"], "k1_mean": k1, "mean": g["mean"],
-                         "percent": percent})
+        ref = base.get((g["task"], g["label"]))
+        if g["k"] == 1:
+            continue
+        k1 = ref["mean"] if ref else None
+        ses = [x for x in (g["se"], ref["se"] if ref else None) if x is not None]
+        diff = None if k1 is None else g["mean"] - k1
+        diff_se = float(math.sqrt(sum(x * x for x in ses))) if ref and ses else None
+        note = None
+        if k1 is None:
+            note = "no K = 1 run"
+        elif k1 == 0 or (ref["se"] is not None and abs(k1) <= ref["se"]):
+            note = "K = 1 mean within one s.e. of 0"
+        percent = None if note else 100.0 * diff / abs(k1)
+        rows.append({"task": g["task"], "label": g["label"], "k": g["k"], "k1_mean": k1, "mean": g["mean"],
+                     "percent": percent, "diff": diff, "diff_se": diff_se, "note": note})
     average: dict[str, float] = {}
     for column in dict.fromkeys(f"{r['label']} K={r['k']}" for r in rows):
         values = [r["percent"] for r in rows if f"{r['label']} K={r['k']}" == column and r["percent"] is not None]
@@ -294,7 +306,8 @@ def relative_table(results: dict[str, Any]) -> str:
     columns = list(dict.fromkeys(f"{r['label']} K={r['k']}" for r in rel["rows"]))
     lines = ["# Improvement over K = 1", "",
              "(mean_K − mean_K=1) / |mean_K=1| × 100 of the final evaluation (return, or win rate where the env "
-             "reports wins), same algorithm and task; positive is better; n/a: no K = 1 run, or its mean is 0. "
+             "reports wins), same algorithm and task; positive is better; n/a: no K = 1 run, or its mean is within one "
+             "standard error of 0 (a percentage of it would be noise; see the absolute difference below). "
              "Seeds per group: see final.md.", ""]
     if not columns:
         return "\n".join([*lines, "No K > 1 runs found.", ""])
@@ -308,6 +321,18 @@ def relative_table(results: dict[str, Any]) -> str:
         lines.append(f"| {task} | " + " | ".join(cell(found[c]) if c in found else "" for c in columns) + " |")
     lines.append("| **average over tasks** | " + " | ".join(
         f"**{rel['average'][c]:+.1f}%**" if c in rel["average"] else "" for c in columns) + " |")
+    lines += ["", "## Absolute difference", "",
+              "mean_K − mean_K=1 ± its standard error (√(s.e.² + s.e._K=1²)), in the task's metric; n/a notes say why "
+              "a percentage above is missing.", "",
+              "| task | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for task in results["metric_by_task"]:
+        found = {f"{r['label']} K={r['k']}": r for r in rel["rows"] if r["task"] == task}
+
+        def diff(r: dict[str, Any]) -> str:
+            text = "n/a" if r["diff"] is None else f"{r['diff']:+.4g} ± {fmt(r['diff_se'], r['diff'])}"
+            return f"{text} ({r['note']})" if r["note"] else text
+
+        lines.append(f"| {task} | " + " | ".join(diff(found[c]) if c in found else "" for c in columns) + " |")
     return "\n".join([*lines, ""])
 
 

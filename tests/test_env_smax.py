@@ -193,3 +193,15 @@ def test_jax_is_imported_lazily_without_preallocation() -> None:
         "assert os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'] == 'false'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_mmm_without_medivac_map() -> None:
+    """The project's stand-in for SMAC's MMM: 7 marines and 2 marauders a side, no medivac (SMAX has none)."""
+    from kpg_lightning.envs.smax import smax_map_names
+
+    assert "MMM_no_medivac" in smax_map_names()
+    env = make_smax_env("MMM_no_medivac", num_envs=2, seed=0)
+    assert env.n_agents == 9
+    assert [int(t) for t in env._env.scenario] == ([0] * 7 + [1] * 2) * 2  # SMAX's order: 0 marine, 1 marauder
+    td = env.rollout(3, break_when_any_done=False)
+    assert td["agents", "observation"].shape[:3] == (2, 3, 9)

@@ -223,6 +223,22 @@ def test_groups_variants_tasks_and_duplicates(tmp_path):
         "maddpg K=2": 75.0})
 
 
+def test_relative_skips_a_k1_mean_within_noise_of_zero(tmp_path):
+    """A return that crosses 0 (VMAS balance) gives no percentage, only the absolute difference ± its s.e."""
+    for k, values in {1: [-3.0, 1.0, 2.0], 2: [-1.0, -2.0, -3.0]}.items():
+        for seed, value in enumerate(values):
+            _fake_run(tmp_path / f"k{k}_s{seed}", "vmas/balance", k, seed, [0.0, value])
+    results = summarise(find_runs(tmp_path)[0])
+    (row,) = results["relative"]["rows"]
+    se1, se2 = np.std([-3.0, 1.0, 2.0], ddof=1) / math.sqrt(3), np.std([-1.0, -2.0, -3.0], ddof=1) / math.sqrt(3)
+    assert row["percent"] is None and row["note"] == "K = 1 mean within one s.e. of 0"
+    assert row["diff"] == pytest.approx(-2.0 - 0.0) and row["diff_se"] == pytest.approx(math.hypot(se1, se2))
+    assert results["relative"]["average"] == {}
+    write_report(tmp_path, tmp_path / "report")
+    relative = (tmp_path / "report" / "relative.md").read_text()
+    assert "| vmas/balance | n/a |" in relative and "(K = 1 mean within one s.e. of 0)" in relative
+
+
 def test_cli_without_runs_is_one_line(tmp_path):
     from kpg_lightning.report import main
 

@@ -47,11 +47,27 @@ def _import_jax() -> Any:
     return jax
 
 
-def _smax_registry() -> dict[str, Any]:
-    """JaxMARL's map name → scenario registry."""
-    _import_jax()
-    from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO
+EXTRA_MAPS: dict[str, tuple[tuple[str, int], ...]] = {
+    # SMAC's MMM is 7 marines, 2 marauders and 1 medivac a side; SMAX has no medivac (no healer), so the closest
+    # SMAX battle is the same army without it. It stands in for MMM in the runnable discrete K-FACMAC check.
+    "MMM_no_medivac": (("marine", 7), ("marauder", 2)),
+}
+"""Maps this project adds to JaxMARL's registry: name → ``(unit type, count)`` per side (both sides alike)."""
 
+
+def _smax_registry() -> dict[str, Any]:
+    """JaxMARL's map name → scenario registry, with :data:`EXTRA_MAPS` registered."""
+    _import_jax()
+    import jax.numpy as jnp
+    from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO, Scenario, register_scenario
+
+    types = ["marine", "marauder", "stalker", "zealot", "zergling", "hydralisk"]  # SMAX's unit type order
+    for name, army in EXTRA_MAPS.items():
+        if name not in MAP_NAME_TO_SCENARIO:
+            side = [types.index(unit) for unit, count in army for _ in range(count)]
+            register_scenario(name, Scenario(unit_types=jnp.array(side * 2, dtype=jnp.uint8), num_allies=len(side),
+                                             num_enemies=len(side), smacv2_position_generation=False,
+                                             smacv2_unit_type_generation=False))
     return MAP_NAME_TO_SCENARIO
 
 
