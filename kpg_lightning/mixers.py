@@ -36,16 +36,23 @@ class HyperQMixer(Mixer):
         embed_dim: width of the mixing layer (FACMAC: 64).
         hypernet_hidden: hidden width of the weight hypernetworks (FACMAC: 64).
         monotonic: take ``|.|`` of the hypernetwork weights, so ∂Q_tot/∂Q_j ≥ 0 (QMIX); False drops it.
+        init_scale: if given, every linear layer of the mixer starts orthogonal with this gain and zero bias
+            (JaxMARL's QMIX on SMAX: 0.001, so Q_tot starts near 0); None keeps PyTorch's default init.
     """
 
     def __init__(self, n_agents: int, state_dim: int, embed_dim: int = 64, hypernet_hidden: int = 64,
-                 monotonic: bool = True, device: torch.device | str | None = None):
+                 monotonic: bool = True, device: torch.device | str | None = None, init_scale: float | None = None):
         super().__init__(n_agents=n_agents, needs_state=True, state_shape=torch.Size([state_dim]), device=device)
         self.embed_dim, self.monotonic = embed_dim, monotonic
         self.hyper_w_1 = _hypernet(state_dim, hypernet_hidden, embed_dim * n_agents)
         self.hyper_w_final = _hypernet(state_dim, hypernet_hidden, embed_dim)
         self.hyper_b_1 = nn.Linear(state_dim, embed_dim)
         self.V = _hypernet(state_dim, embed_dim, 1)  # V(s) instead of a bias for the last layer
+        if init_scale is not None:
+            for layer in self.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.orthogonal_(layer.weight, gain=init_scale)
+                    nn.init.zeros_(layer.bias)
 
     def _weight(self, w: Tensor) -> Tensor:
         return w.abs() if self.monotonic else w
@@ -66,12 +73,14 @@ class HyperQMixer(Mixer):
         return (hidden.unsqueeze(-2) @ w_final.unsqueeze(-1)).squeeze(-1) + v
 
 
-def make_mixer(name: str, n_agents: int, state_dim: int, embed_dim: int = 64, hypernet_hidden: int = 64) -> Mixer:
-    """``qmix``, ``qmix_nonmonotonic`` or ``vdn``."""
+def make_mixer(name: str, n_agents: int, state_dim: int, embed_dim: int = 64, hypernet_hidden: int = 64,
+               init_scale: float | None = None) -> Mixer:
+    """``qmix``, ``qmix_nonmonotonic`` or ``vdn`` (``init_scale``: see :class:`HyperQMixer`)."""
     if name == "vdn":
         return VDNMixer(n_agents=n_agents, device=None)
     if name in ("qmix", "qmix_nonmonotonic"):
-        return HyperQMixer(n_agents, state_dim, embed_dim, hypernet_hidden, monotonic=name == "qmix")
+        return HyperQMixer(n_agents, state_dim, embed_dim, hypernet_hidden, monotonic=name == "qmix",
+                           init_scale=init_scale)
     raise ValueError(f"algorithm.mixer: unknown {name!r}; valid: {', '.join(MIXERS)}")
 
 

@@ -167,11 +167,14 @@ class KPGModule(LightningModule):
         if self.algorithm.on_policy:
             updates = [batch.to(self.device)]
         else:
+            stored = _without_info(batch)
+            if self.algorithm.replay_exclude:
+                stored = stored.exclude(*self.algorithm.replay_exclude)
             if self.episodes is None:
-                self.replay.extend(_without_info(batch.reshape(-1)))
+                self.replay.extend(stored.reshape(-1))
                 ready = self.frames >= self.buffer_cfg.learning_starts
             else:
-                episodes = self.episodes.add(_without_info(batch))
+                episodes = self.episodes.add(stored)
                 if episodes is not None:
                     self.replay.extend(episodes)
                 ready = (self.frames >= self.buffer_cfg.learning_starts

@@ -34,7 +34,7 @@ from kpg_lightning.checkpointing import MODEL, CheckpointError, find_checkpoint
 from kpg_lightning.config import ConfigError, register_configs, validate
 from kpg_lightning.data import make_replay_buffer
 from kpg_lightning.envs.info import GROUP, EnvInfo
-from kpg_lightning.envs.registry import make_env, task_name
+from kpg_lightning.envs.registry import env_family, eval_env_count, make_env, task_name
 from kpg_lightning.kpg import NonFiniteError
 from kpg_lightning.module import KPGModule
 
@@ -88,6 +88,12 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _eval_envs(env_cfg: DictConfig, episodes: int) -> dict[str, int]:
+    """``num_envs`` for the evaluation env; none for a family that always builds one (SMAC: rounds of one game)."""
+    count = eval_env_count(env_cfg, episodes)
+    return {} if count == 1 and env_family(env_cfg).max_eval_envs == 1 else {"num_envs": count}
+
+
 def episode_length(cfg: DictConfig, env: EnvBase) -> int:
     """Steps a replayed episode is padded to: ``buffer.episode_length``, else the environment's episode limit
     (``episode_limit`` of the StarCraft adapters, ``env.max_steps`` of VMAS/MaMuJoCo)."""
@@ -118,7 +124,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     checkpoint = resolve_checkpoint(cfg.resume) if cfg.resume else None
     seed_everything(cfg.seed, workers=True)
     env = with_episode_returns(make_env(cfg.env, seed=cfg.seed))
-    eval_env = with_episode_returns(make_env(cfg.env, seed=cfg.seed + 10_000, num_envs=cfg.eval.episodes))
+    eval_env = with_episode_returns(make_env(cfg.env, seed=cfg.seed + 10_000,
+                                             **_eval_envs(cfg.env, cfg.eval.episodes)))
     info = EnvInfo.from_env(env)
     algorithm_cls, _ = ALGORITHMS[cfg.algorithm.name]
     algorithm = algorithm_cls(OmegaConf.to_object(cfg.algorithm), info, OmegaConf.to_object(cfg.model))

@@ -245,3 +245,14 @@ def test_error_when_game_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         make_smac_env("3m", seed=0)
     assert ("SC2PATH is unset" in str(err.value)) == (sc2path is None)
     _assert_install_hint(str(err.value))
+
+
+def test_evaluation_builds_one_game_and_runs_episodes_in_rounds() -> None:
+    """32 SMAC test episodes must not start 32 StarCraft II processes (nor pass ``num_envs`` to the game)."""
+    from conftest import compose
+
+    from kpg_lightning.train import _eval_envs
+
+    assert _eval_envs(compose(["env=smac"]).env, 32) == {}
+    assert _eval_envs(compose(["env=smax"]).env, 32) == {"num_envs": 32}
+    assert _eval_envs(compose([]).env, 10) == {"num_envs": 10}

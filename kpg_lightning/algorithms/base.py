@@ -74,6 +74,9 @@ class Algorithm(nn.Module):
     ``episodes`` (whole episodes zero-padded to the episode limit, batches ``[B, T]`` with a boolean
     ``filled [B, T, 1]`` marking real steps; :class:`kpg_lightning.data.EpisodeAssembler`), as recurrent
     off-policy agents train on fully unrolled episodes (Appendix E.2)."""
+    replay_exclude: ClassVar[tuple[str | tuple[str, ...], ...]] = ()
+    """Keys of collected frames that replay does not store (e.g. recurrent hidden states the losses recompute:
+    a GRU-512's states would be most of an episode replay's memory)."""
     has_actor: ClassVar[bool] = True
     """False for value-based algorithms (QMIX, VDN, IQL, COMIX): no actor optimizer and no K-level step; every
     learned parameter is in ``critic_parameters`` and ``kpg.k`` must be 1."""
