@@ -16,7 +16,8 @@ class FramesProgressBar(TQDMProgressBar):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
         self.train_progress_bar.reset(total=pl_module.max_frames)
-        self.train_progress_bar.n = pl_module.frames
+        # a new epoch starts at every checkpoint segment and on resume: the rate counts this epoch's frames only
+        self.train_progress_bar.n = self.train_progress_bar.initial = pl_module.frames
         self.train_progress_bar.unit = "frames"
         self.train_progress_bar.set_description("Training")
 

@@ -328,3 +328,16 @@ def test_slurm_launcher_composes_into_an_sbatch_script(tmp_path, monkeypatch):
     script = executor._executor._make_submission_file_text("python -u -m submitit.core._submit x", "uid")
     for line in ("#SBATCH --cpus-per-task=8", "#SBATCH --partition=cpu", "export OMP_NUM_THREADS=8"):
         assert line in script
+
+
+@needs_mpl
+def test_committed_results_match_their_runs(tmp_path):
+    """docs/results: the committed tables are what the report makes of the committed runs."""
+    study = ROOT / "docs" / "results" / "vmas_maddpg_k1_k2"
+    write_report(study / "runs", tmp_path)
+    for name in ("final.md", "relative.md"):
+        assert (tmp_path / name).read_text() == (study / name).read_text(), name
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {(g["task"], g["k"], g["n"]) for g in results["groups"]} >= {
+        (task, k, 5) for task in ("vmas/balance", "vmas/navigation", "vmas/sampling") for k in (1, 2)}
+    assert results["incomplete"] == [] and results["duplicates"] == []
