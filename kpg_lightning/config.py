@@ -218,9 +218,10 @@ def validate(cfg: DictConfig) -> None:
     length = cfg.buffer.get("episode_length")
     _check(length is None or length > 0, "buffer.episode_length", "null or an integer > 0", length)
     if cfg.model.recurrent:
-        recurrent = ", ".join(name for name, (cls, _) in ALGORITHMS.items() if cls.recurrent_actors)
-        _check(algorithm_cls.recurrent_actors, "model.recurrent",
-               f"false for {cfg.algorithm.name} (recurrent actors: {recurrent})", True)
+        recurrent = ", ".join(name for name, (cls, _) in ALGORITHMS.items()
+                              if space in cls.action_spaces and cls.supports_recurrent(space))
+        _check(algorithm_cls.supports_recurrent(space), "model.recurrent",
+               f"false for {cfg.algorithm.name} with {space} actions (recurrent actors: {recurrent})", True)
         _check(cfg.model.share_params, "model.share_params", "true with model.recurrent=true (a shared GRU)",
                cfg.model.share_params)
     _check_model(cfg)

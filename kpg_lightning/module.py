@@ -154,7 +154,7 @@ class KPGModule(LightningModule):
     def _optimizers(self) -> tuple[Any, Any]:
         """``(actor optimizer or None, critic optimizer)``."""
         opts = self.optimizers()
-        if not isinstance(opts, list):
+        if not isinstance(opts, (list, tuple)):
             opts = [opts]
         return (opts[0], opts[1]) if len(opts) == 2 else (None, opts[0])
 

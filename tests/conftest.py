@@ -44,3 +44,21 @@ def run_train(run_dir: Path, *overrides: str, timeout: int = 240) -> subprocess.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "kpg_lightning.train", *overrides, f"hydra.run.dir={run_dir}"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=run_dir.parent)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch's OpenMP threads and JAX's fight for 2 cores (10-100x slower steps): one torch thread for a module
+    that runs SMAX (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def smax(one_torch_thread):
+    """Four SMAX 3m battles, seeded."""
+    from kpg_lightning.envs.smax import make_smax_env
+
+    return make_smax_env("3m", num_envs=4, seed=0)

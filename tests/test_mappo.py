@@ -20,6 +20,8 @@ from kpg_lightning.envs.info import EnvInfo
 from kpg_lightning.models import AgentGRU, ModelConfig
 from kpg_lightning.module import KPGModule, make_actor_optimizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 HAS_JAXMARL = importlib.util.find_spec("jaxmarl") is not None
 needs_smax = pytest.mark.skipif(not HAS_JAXMARL, reason="jaxmarl not installed (pip install 'kpg-lightning[smax]')")
 needs_vmas = pytest.mark.skipif(not HAS_VMAS, reason="vmas not installed (pip install 'kpg-lightning[vmas]')")
@@ -28,21 +30,8 @@ SMAX_TINY = ["model.actor_hidden=[16,16]", "model.critic_hidden=[16,16]", "model
              "checkpoint.every_frames=512", "trainer.enable_progress_bar=false", "logger.tensorboard=null"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Torch's spinning OpenMP threads fight JAX's for 2 cores (10-100x slower steps) unless OMP_WAIT_POLICY was
-    PASSIVE when torch loaded (``kpg_lightning`` sets it; conftest imports torch first): one thread here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def smax():
-    from kpg_lightning.envs.smax import make_smax_env
-
-    return make_smax_env("3m", num_envs=4, seed=0)
 
 
 @pytest.fixture(scope="module")

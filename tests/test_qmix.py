@@ -20,6 +20,8 @@ from kpg_lightning.envs.info import EnvInfo
 from kpg_lightning.models import ModelConfig
 from kpg_lightning.module import KPGModule
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 HAS_JAXMARL = importlib.util.find_spec("jaxmarl") is not None
 needs_smax = pytest.mark.skipif(not HAS_JAXMARL, reason="jaxmarl not installed (pip install 'kpg-lightning[smax]')")
 
@@ -30,13 +32,6 @@ INFO = EnvInfo(n_agents=N, obs_dim=F, action_dim=A, discrete=True, state_dim=S, 
 TINY_MODEL = ModelConfig(actor_hidden=[8], recurrent=True, gru_hidden=6)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """JAX and torch's OpenMP threads fight for 2 cores; one torch thread here (as in test_mappo)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def episode_batch() -> TensorDict:

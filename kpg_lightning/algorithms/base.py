@@ -67,8 +67,8 @@ class Algorithm(nn.Module):
     on_policy: ClassVar[bool] = False
     action_spaces: ClassVar[tuple[str, ...]] = ("continuous", "discrete")
     """Action spaces the algorithm supports (checked against the env before anything starts)."""
-    recurrent_actors: ClassVar[bool] = False
-    """Whether ``model.recurrent=true`` (GRU actors) is supported."""
+    recurrent_actors: ClassVar[bool | tuple[str, ...]] = False
+    """Whether ``model.recurrent=true`` (GRU actors) is supported: True, False, or the action spaces where it is."""
     replay_unit: ClassVar[str] = "frames"
     """What off-policy replay stores and samples: ``frames`` (single transitions, batches ``[B]``) or
     ``episodes`` (whole episodes zero-padded to the episode limit, batches ``[B, T]`` with a boolean
@@ -157,6 +157,12 @@ class Algorithm(nn.Module):
     def lr_scale(self, progress: float) -> float:
         """Multiplier of every learning rate at ``progress`` = frames / max_frames (e.g. linear annealing)."""
         return 1.0
+
+    @classmethod
+    def supports_recurrent(cls, action_space: str) -> bool:
+        """Whether GRU actors (``model.recurrent=true``) are supported on ``action_space`` actions."""
+        return cls.recurrent_actors is True or (isinstance(cls.recurrent_actors, tuple)
+                                                 and action_space in cls.recurrent_actors)
 
     def one_hot_eye(self, device: torch.device) -> Tensor:
         """Boolean ``[N(case), N(agent), 1]``: case i has agent i live."""

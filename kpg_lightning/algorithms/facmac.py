@@ -15,11 +15,16 @@ objective −Q_tot(s, Q_j(o_j, μ(o_j)) all live): :meth:`Facmac.level_outputs` 
 on the N cases are scored in one pass (:meth:`Facmac.cases_loss`). Padded action dimensions (uneven partitions)
 are zeroed before the critic and left out of the penalty, so they carry no gradient.
 
-Targets are plain deep copies moved by one ``torch._foreach_lerp_`` (Polyak τ) over actor, critic and mixer.
+Targets are plain deep copies moved by one ``torch._foreach_lerp_`` (Polyak τ) over actor, critic and mixer, or
+copied every ``target_update_interval`` updates (``target_update: hard``, SMAC's setting).
 TorchRL has no loss for a mixed continuous critic (``QMixerLoss`` is discrete Q-learning); a ``LossModule``
 subclass with ``convert_to_functional`` targets would add a ``to_module`` parameter swap (~40 µs on this CPU, ~5%
 of a K=1 update) around every live and target forward, for a ``SoftUpdate`` that is this same lerp. Exploration
 is TorchRL's ``AdditiveGaussianModule``; the mixers subclass TorchRL's ``Mixer`` (:mod:`kpg_lightning.mixers`).
+
+Discrete action spaces (SMAC/SMAX, Appendix E.2) get :class:`DiscreteFacmac`: the same objectives with Gumbel-softmax
+one-hot actions, ε-greedy acting and, with ``model.recurrent``, GRU actors on episode replay
+(:mod:`kpg_lightning.algorithms.discrete`).
 """
 
 from __future__ import annotations
@@ -37,12 +42,14 @@ from torch import Tensor, nn
 from torchrl.data import Bounded
 from torchrl.modules import AdditiveGaussianModule
 
-from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig
+from kpg_lightning.algorithms.base import Algorithm
+from kpg_lightning.algorithms.discrete import DiscreteActionsConfig, DiscreteActorCritic, sync_targets
+from kpg_lightning.config import ConfigError
 from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.mixers import MIXERS, make_mixer, mix
 from kpg_lightning.models import AgentMLP, ModelConfig, ScaledTanh
 
-__all__ = ["Facmac", "FacmacConfig", "LevelActions", "action_penalty"]
+__all__ = ["DiscreteFacmac", "Facmac", "FacmacConfig", "LevelActions", "action_penalty"]
 
 OBS, ACTION, DIM_MASK = (GROUP, "observation"), (GROUP, "action"), (GROUP, "action_dim_mask")
 
@@ -66,12 +73,23 @@ def action_penalty(pre_tanh: Tensor, mask: Tensor | None) -> Tensor:
 
 
 class Facmac(Algorithm):
-    """FACMAC with a shared (or per-agent) deterministic actor; K-FACMAC through the K-level engine."""
+    """FACMAC with a shared (or per-agent) deterministic actor; K-FACMAC through the K-level engine.
+
+    ``Facmac(cfg, info, model)`` with discrete actions (``info.discrete``) builds a :class:`DiscreteFacmac`.
+    """
+
+    recurrent_actors = ("discrete",)  # SMAC's GRU actors; continuous actors are feed-forward
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Facmac:
+        info = kwargs.get("info", args[1] if len(args) > 1 else None)
+        discrete = cls is Facmac and info is not None and info.discrete
+        return super().__new__(DiscreteFacmac if discrete else cls)
 
     def __init__(self, cfg: FacmacConfig, info: EnvInfo, model: ModelConfig):
         super().__init__(cfg, info, model)
-        if info.discrete:
-            raise ValueError("algorithm: facmac needs continuous actions (env has discrete actions)")
+        if model.recurrent:
+            raise ConfigError("model.recurrent=True is not allowed: continuous facmac has feed-forward actors "
+                              "(GRU actors: discrete action spaces, e.g. SMAC/SMAX)")
         n, low, high = info.n_agents, info.action_low, info.action_high
         actor_net = nn.Sequential(  # kept apart: the penalty needs the pre-tanh output
             AgentMLP(n, info.obs_dim, info.action_dim, model.actor_hidden, model.activation, model.share_params),
@@ -80,7 +98,8 @@ class Facmac(Algorithm):
         self.actor = TensorDictModule(actor_net, in_keys=[OBS], out_keys=[ACTION])
         self.critic = AgentMLP(n, info.obs_dim + info.action_dim, 1, model.critic_hidden, model.activation,
                                share_params=True)
-        self.mixer = make_mixer(cfg.mixer, n, info.critic_state_dim, cfg.mixer_embed_dim, cfg.hypernet_hidden)
+        self.mixer = make_mixer(cfg.mixer, n, info.critic_state_dim, cfg.mixer_embed_dim, cfg.hypernet_hidden,
+                                cfg.mixer_init_scale)
         self.target_actor = deepcopy(actor_net).requires_grad_(False)
         self.target_critic = deepcopy(self.critic).requires_grad_(False)
         self.target_mixer = deepcopy(self.mixer).requires_grad_(False)
@@ -88,6 +107,8 @@ class Facmac(Algorithm):
         self.noise = AdditiveGaussianModule(spec, sigma_init=cfg.noise_sigma, sigma_end=cfg.noise_sigma,
                                             annealing_num_steps=1, action_key=ACTION, safe=True)
         self.register_buffer("eye", self.one_hot_eye(low.device), persistent=False)
+        self.register_buffer("target_updates", torch.zeros((), dtype=torch.long),
+                             persistent=cfg.target_update == "hard")
 
     # -- pieces ----------------------------------------------------------------------------------------------
     def act(self, obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -126,7 +147,7 @@ class Facmac(Algorithm):
         with torch.no_grad():
             next_obs = nxt.get(OBS)
             next_q = self.q_values(self.target_critic, next_obs, self.target_actor(next_obs), mask)
-            reward = nxt.get((GROUP, "reward")).mean(-2)  # [B, 1] team reward
+            reward = nxt.get((GROUP, "reward")).mean(-2) * self.cfg.reward_scale  # [B, 1] team reward
             not_terminated = nxt.get("terminated").logical_not()
             target = reward + self.cfg.gamma * not_terminated * mix(self.target_mixer, next_q, self.state(nxt))
         q_tot = mix(self.mixer, self.q_values(self.critic, obs, td.get(ACTION), mask), self.state(td))
@@ -165,17 +186,72 @@ class Facmac(Algorithm):
         total = total - (total - per_case.mean()).detach()  # gradient of the sum, value of the mean
         return total + self.cfg.action_penalty * action_penalty(pre, mask)
 
-    @torch.no_grad()
     def update_targets(self) -> None:
         pairs = ((self.target_actor, self.actor.module), (self.target_critic, self.critic),
                  (self.target_mixer, self.mixer))
-        targets = [p for target, _ in pairs for p in target.parameters()]
-        online = [p for _, source in pairs for p in source.parameters()]
-        torch._foreach_lerp_(targets, online, self.cfg.tau)
+        cfg = self.cfg
+        sync_targets(pairs, cfg.target_update, cfg.tau, cfg.target_update_interval, self.target_updates)
+
+
+class DiscreteFacmac(DiscreteActorCritic, Facmac):
+    """Discrete FACMAC / K-FACMAC (SMAC, Appendix E.2): per-agent critics Q_j(o_j, one-hot a_j) and the mixer as
+    above; the actor's actions are straight-through Gumbel one-hots of its masked logits (no action penalty), the
+    TD target bootstraps with the target actor's greedy next actions, and with a GRU actor every loss runs over
+    whole episodes ``[B, T]``, averaged over their ``filled`` steps. Level 1 is FACMAC's joint objective (K = 1 is
+    discrete FACMAC); level k >= 2 scores the N "agent i live, the others at their level-(k−1) one-hots" cases."""
+
+    def __init__(self, cfg: FacmacConfig, info: EnvInfo, model: ModelConfig):
+        Algorithm.__init__(self, cfg, info, model)
+        self.init_actor(cfg, info, model)
+        self.critic = AgentMLP(info.n_agents, info.obs_dim + info.action_dim, 1, model.critic_hidden,
+                               model.activation, share_params=True)
+        self.mixer = make_mixer(cfg.mixer, info.n_agents, info.critic_state_dim, cfg.mixer_embed_dim,
+                                cfg.hypernet_hidden, cfg.mixer_init_scale)
+        self.target_critic = deepcopy(self.critic).requires_grad_(False)
+        self.target_mixer = deepcopy(self.mixer).requires_grad_(False)
+
+    def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.target_actor, self.actor), (self.target_critic, self.critic), (self.target_mixer, self.mixer)]
+
+    def q_tot(self, critic: nn.Module, mixer: nn.Module, td: TensorDictBase, actions: Tensor) -> Tensor:
+        """``Q_tot(s, Q_j(o_j, a_j))`` ``[*batch, 1]`` of one-hot ``actions [*batch, N, A]``."""
+        return mix(mixer, self.q_values(critic, td.get(OBS), actions, None), self.state(td))
+
+    def critic_loss(self, td: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        nxt = td.get("next")
+        with torch.no_grad():
+            reward = nxt.get((GROUP, "reward")).mean(-2) * self.cfg.reward_scale  # [*batch, 1] team reward
+            next_q = self.q_tot(self.target_critic, self.target_mixer, nxt, self.next_actions(td))
+            target = reward + self.cfg.gamma * nxt.get("terminated").logical_not() * next_q
+        q_tot = self.q_tot(self.critic, self.mixer, td, self.stored_actions(td))
+        loss = self.step_mean((q_tot - target).pow(2), td)
+        return loss, {"q_tot_mean": self.step_mean(q_tot.detach(), td), "target_mean": self.step_mean(target, td)}
+
+    def level_outputs(self, td: TensorDictBase, level: int) -> LevelActions:
+        return LevelActions(level, None if level == 0 else self.live_actions(td))
+
+    def joint_loss(self, td: TensorDictBase) -> Tensor:
+        """Discrete FACMAC's actor loss: ``−Q_tot(s, Q_j(o_j, a_j) all live)`` over the real steps."""
+        return -self.step_mean(self.q_tot(self.critic, self.mixer, td, self.live_actions(td)), td)
+
+    def cases_loss(self, td: TensorDictBase, fixed: Tensor, reduce: bool = True) -> Tensor:
+        """Case i: agent i's live one-hot, the others' ``fixed`` ones ``[*batch, N, A]``; one mixer call.
+        ``−Σ_i E[Q_tot⁽ⁱ⁾]`` valued per case (``−mean_i``), or the ``[*batch, N(case)]`` values if not ``reduce``."""
+        obs = td.get(OBS)
+        q_live = self.q_values(self.critic, obs, self.live_actions(td), None)
+        with torch.no_grad():
+            q_fixed = self.q_values(self.critic, obs, fixed, None)
+        cases = torch.where(self.eye, q_live.unsqueeze(-3), q_fixed.unsqueeze(-3))  # [*batch, N(case), N, 1]
+        per_case = -mix(self.mixer, cases, self.state(td)).squeeze(-1)
+        if not reduce:
+            return per_case
+        mean = self.step_mean(per_case, td)
+        total = self.info.n_agents * mean
+        return total - (total - mean).detach()  # gradient of the sum over cases, value of the mean
 
 
 @dataclass
-class FacmacConfig(AlgorithmConfig):
+class FacmacConfig(DiscreteActionsConfig):
     """FACMAC / K-FACMAC hyper-parameters (Appendix E.2 and FACMAC's MaMuJoCo settings)."""
 
     name: str = "facmac"
@@ -184,24 +260,27 @@ class FacmacConfig(AlgorithmConfig):
     tau: float = 0.001
     """Polyak averaging rate of the target actor, critic and mixer."""
     noise_sigma: float = 0.1
-    """Standard deviation of the Gaussian exploration noise added to actions."""
+    """Continuous actions: standard deviation of the Gaussian exploration noise added to actions."""
     mixer: str = "qmix"
     """qmix (monotonic, two-layer hypernetworks), qmix_nonmonotonic or vdn."""
     mixer_embed_dim: int = 64
     """Width of the mixing layer."""
     hypernet_hidden: int = 64
     """Hidden width of the mixer's weight hypernetworks."""
+    mixer_init_scale: float | None = None
+    """Orthogonal init gain of the qmix mixer's layers (zero biases; JaxMARL on SMAX: 0.001); null: PyTorch's."""
     action_penalty: float = 1e-3
-    """Coefficient of the actor's mean(pre_tanh²) penalty."""
+    """Continuous actions: coefficient of the actor's mean(pre_tanh²) penalty."""
 
     def problems(self) -> Iterator[tuple[str, str, Any]]:
+        yield from super().problems()
         if self.mixer not in MIXERS:
             yield "mixer", f"one of {', '.join(MIXERS)}", self.mixer
-        if not 0 < self.tau <= 1:
-            yield "tau", "a number in (0, 1]", self.tau
         for key in ("noise_sigma", "action_penalty"):
             if getattr(self, key) < 0:
                 yield key, "a number >= 0", getattr(self, key)
+        if self.mixer_init_scale is not None and self.mixer_init_scale <= 0:
+            yield "mixer_init_scale", "null or a number > 0", self.mixer_init_scale
         for key in ("mixer_embed_dim", "hypernet_hidden"):
             if getattr(self, key) < 1:
                 yield key, "an integer >= 1", getattr(self, key)

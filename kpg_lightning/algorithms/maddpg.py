@@ -2,12 +2,16 @@
 
 Actor objective of agent i at level k: maximise Q_i(s, a_i = μ_θ(o_i), a_−i = μ_θ⁽ᵏ⁻¹⁾(o_−i)), the others'
 actions fixed at their level-(k−1) values (level 0: the current actor's, not the buffer's). The N "agent i live"
-cases are scored in one batched critic pass. The critic's TD loss and Polyak targets are TorchRL's ``DDPGLoss``.
+cases are scored in one batched critic pass. The critic's TD loss is TorchRL's ``DDPGLoss``, its targets move by
+``SoftUpdate`` (Polyak) or ``HardUpdate`` (``target_update: hard``). Discrete action spaces get
+:class:`DiscreteMaddpg`: straight-through Gumbel-softmax one-hot actions, ε-greedy acting and, with
+``model.recurrent``, GRU actors on episode replay (:mod:`kpg_lightning.algorithms.discrete`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +21,15 @@ from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import Tensor, nn
 from torchrl.data import Bounded
 from torchrl.modules import AdditiveGaussianModule
-from torchrl.objectives import DDPGLoss, SoftUpdate, ValueEstimators
+from torchrl.objectives import DDPGLoss, HardUpdate, SoftUpdate, ValueEstimators
 
-from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig
+from kpg_lightning.algorithms.base import Algorithm, expand_done
+from kpg_lightning.algorithms.discrete import DiscreteActionsConfig, DiscreteActorCritic
+from kpg_lightning.config import ConfigError
 from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.models import AgentMLP, CentralCritic, ModelConfig, ScaledTanh
 
-__all__ = ["Maddpg", "MaddpgConfig"]
+__all__ = ["DiscreteMaddpg", "Maddpg", "MaddpgConfig"]
 
 OBS, ACTION = (GROUP, "observation"), (GROUP, "action")
 
@@ -43,14 +49,23 @@ class _CriticInput(nn.Module):
 
 
 class Maddpg(Algorithm):
-    """MADDPG with a shared (or per-agent) deterministic actor; K-MADDPG through the K-level engine."""
+    """MADDPG with a shared (or per-agent) deterministic actor; K-MADDPG through the K-level engine.
 
-    action_spaces = ("continuous",)
+    ``Maddpg(cfg, info, model)`` with discrete actions (``info.discrete``) builds a :class:`DiscreteMaddpg`.
+    """
+
+    recurrent_actors = ("discrete",)  # SMAC's GRU actors; continuous actors are feed-forward
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Maddpg:
+        info = kwargs.get("info", args[1] if len(args) > 1 else None)
+        discrete = cls is Maddpg and info is not None and info.discrete
+        return super().__new__(DiscreteMaddpg if discrete else cls)
 
     def __init__(self, cfg: MaddpgConfig, info: EnvInfo, model: ModelConfig):
         super().__init__(cfg, info, model)
-        if info.discrete:
-            raise ValueError("algorithm: maddpg needs continuous actions (env has discrete actions)")
+        if model.recurrent:
+            raise ConfigError("model.recurrent=True is not allowed: continuous maddpg has feed-forward actors "
+                              "(GRU actors: discrete action spaces, e.g. SMAC/SMAX)")
         n, low, high = info.n_agents, info.action_low, info.action_high
         actor_net = nn.Sequential(
             AgentMLP(n, info.obs_dim, info.action_dim, model.actor_hidden, model.activation, model.share_params),
@@ -66,7 +81,8 @@ class Maddpg(Algorithm):
         self.loss.set_keys(state_action_value=(GROUP, "state_action_value"), reward=(GROUP, "reward"),
                            done=(GROUP, "done"), terminated=(GROUP, "terminated"))
         self.loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.gamma)
-        self.target_updater = SoftUpdate(self.loss, tau=cfg.tau)
+        self.target_updater = (SoftUpdate(self.loss, tau=cfg.tau) if cfg.target_update == "polyak"
+                               else HardUpdate(self.loss, value_network_update_interval=cfg.target_update_interval))
         spec = Bounded(low=low, high=high, shape=low.shape)
         self.noise = AdditiveGaussianModule(spec, sigma_init=cfg.noise_sigma, sigma_end=cfg.noise_sigma,
                                             annealing_num_steps=1, action_key=ACTION, safe=True)
@@ -80,6 +96,12 @@ class Maddpg(Algorithm):
 
     def critic_parameters(self) -> list[nn.Parameter]:
         return list(self.critic.parameters())
+
+    def process_batch(self, td: TensorDictBase) -> TensorDictBase:
+        td = expand_done(td)
+        if self.cfg.reward_scale != 1:
+            td.set(("next", GROUP, "reward"), td.get(("next", GROUP, "reward")) * self.cfg.reward_scale)
+        return td
 
     def critic_loss(self, td: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         loss, meta = self.loss.loss_value(td)
@@ -99,18 +121,58 @@ class Maddpg(Algorithm):
         self.target_updater.step()
 
 
+class DiscreteMaddpg(DiscreteActorCritic, Maddpg):
+    """Discrete MADDPG / K-MADDPG: the centralized critic Q_i(s, one-hot a_1..a_N), the actor's actions as
+    straight-through Gumbel one-hots of its masked logits; TD targets bootstrap with the target actor's greedy next
+    actions; with a GRU actor every loss runs over whole episodes ``[B, T]``, averaged over their ``filled`` steps.
+    Level k scores agent i live and the others at their level-(k−1) one-hots (level 0: the current actor's)."""
+
+    def __init__(self, cfg: MaddpgConfig, info: EnvInfo, model: ModelConfig):
+        Algorithm.__init__(self, cfg, info, model)
+        self.init_actor(cfg, info, model)
+        self.critic = CentralCritic(info.n_agents, info.critic_state_dim, info.action_dim, model.critic_hidden,
+                                    model.activation)
+        self.target_critic = deepcopy(self.critic).requires_grad_(False)
+
+    def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.target_actor, self.actor), (self.target_critic, self.critic)]
+
+    def state(self, td: TensorDictBase) -> Tensor:
+        """The critic's input: the global ``state``, or the joint observation where the env has none."""
+        return td.get("state") if self.info.state_dim is not None else td.get(OBS).flatten(-2)
+
+    def critic_loss(self, td: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        nxt = td.get("next")
+        with torch.no_grad():
+            next_q = self.target_critic(self.state(nxt), self.next_actions(td))  # [*batch, N, 1]
+            not_terminated = nxt.get("terminated").logical_not().unsqueeze(-2)
+            reward = nxt.get((GROUP, "reward")) * self.cfg.reward_scale
+            target = reward + self.cfg.gamma * not_terminated * next_q
+        q = self.critic(self.state(td), self.stored_actions(td))
+        loss = self.step_mean((q - target).pow(2), td)
+        return loss, {"q_mean": self.step_mean(q.detach(), td), "target_mean": self.step_mean(target, td)}
+
+    def level_outputs(self, td: TensorDictBase, level: int) -> Tensor:
+        return self.live_actions(td)
+
+    def actor_loss(self, td: TensorDictBase, others: Tensor, reduce: bool = True) -> Tensor:
+        """``-Q_i(s, a_i live, a_-i = others)`` over the real steps and agents (``[*batch, N]`` if not ``reduce``)."""
+        joint = torch.where(self.eye, self.live_actions(td).unsqueeze(-3), others.unsqueeze(-3))
+        q = self.critic.cases(self.state(td), joint)  # [*batch, N(case), 1]
+        return -self.step_mean(q, td) if reduce else -q.squeeze(-1)
+
+
 @dataclass
-class MaddpgConfig(AlgorithmConfig):
+class MaddpgConfig(DiscreteActionsConfig):
     """MADDPG / K-MADDPG hyper-parameters (Appendix E.2 where the paper gives them)."""
 
     name: str = "maddpg"
     tau: float = 0.005
     """Polyak averaging rate of the target actor and critic."""
     noise_sigma: float = 0.1
-    """Standard deviation of the Gaussian exploration noise added to actions."""
+    """Continuous actions: standard deviation of the Gaussian exploration noise added to actions."""
 
     def problems(self) -> Iterator[tuple[str, str, Any]]:
-        if not 0 < self.tau <= 1:
-            yield "tau", "a number in (0, 1]", self.tau
+        yield from super().problems()
         if self.noise_sigma < 0:
             yield "noise_sigma", "a number >= 0", self.noise_sigma
