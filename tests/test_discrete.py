@@ -79,11 +79,26 @@ def module_for(alg, k: int, actor_optimizer: str = "auto") -> tuple[KPGModule, l
 
 
 # -- a plain discrete FACMAC, written out ------------------------------------------------------------------------
-def unroll(body, obs, mask):
-    """Masked logits of a GRU actor over whole episodes from a zero state; rows without actions stay unmasked."""
+def raw_logits(body, obs):
+    """Unmasked logits of a GRU actor over whole episodes from a zero state."""
     h0 = obs.new_zeros(obs.shape[0], obs.shape[2], body.gru_hidden)
-    logits = body.sequence(obs, h0, torch.zeros(*obs.shape[:2], 1, dtype=torch.bool))
+    return body.sequence(obs, h0, torch.zeros(*obs.shape[:2], 1, dtype=torch.bool))
+
+
+def mask_logits(logits, mask):
+    """Unavailable actions to −inf; rows without available actions stay unmasked."""
     return logits.masked_fill(~(mask | ~mask.any(-1, keepdim=True)), float("-inf"))
+
+
+def unroll(body, obs, mask):
+    """Masked logits of a GRU actor over whole episodes from a zero state."""
+    return mask_logits(raw_logits(body, obs), mask)
+
+
+def logit_penalty(raw, td):
+    """FACMAC's discrete actor penalty: mean(logits²) of the unmasked logits over the real steps' entries."""
+    w = td["filled"].reshape(*raw.shape[:2], 1, 1).to(raw.dtype).expand_as(raw)
+    return (raw.pow(2) * w).sum() / w.sum()
 
 
 def straight_through(logits, noise):
@@ -117,8 +132,10 @@ def plain_discrete_facmac_update(net, td, noise, actor_opt, critic_opt, updates:
     filled_mean((q_tot - y).pow(2), td).backward()
     torch.nn.utils.clip_grad_norm_(critic_params, cfg.grad_clip)
     critic_opt.step()
-    actions = straight_through(unroll(net.actor.body, obs, mask), noise)
-    loss = -filled_mean(team_q(net.critic, net.mixer, obs, actions, state), td)
+    raw = raw_logits(net.actor.body, obs)
+    actions = straight_through(mask_logits(raw, mask), noise)
+    loss = -filled_mean(team_q(net.critic, net.mixer, obs, actions, state), td) + cfg.action_penalty * logit_penalty(
+        raw, td)
     actor_opt.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(list(net.actor.parameters()), cfg.grad_clip)
@@ -178,27 +195,31 @@ def test_level_two_is_the_hand_assembled_cases_loss(smax, episodes):
         opt.step()
 
     level1 = copy.deepcopy(start)  # level 1: FACMAC's joint objective from θ
-    live = straight_through(unroll(level1.actor.body, obs, mask), noise)
-    rmsprop_step(level1, -filled_mean(team_q(level1.critic, level1.mixer, obs, live, state), td))
+    raw = raw_logits(level1.actor.body, obs)
+    live = straight_through(mask_logits(raw, mask), noise)
+    rmsprop_step(level1, -filled_mean(team_q(level1.critic, level1.mixer, obs, live, state), td)
+                 + alg.cfg.action_penalty * logit_penalty(raw, td))
     with torch.no_grad():
         others = F.one_hot((unroll(level1.actor.body, obs, mask) + noise).argmax(-1), alg.info.action_dim).float()
         level0 = F.one_hot((unroll(start.actor.body, obs, mask) + noise).argmax(-1), alg.info.action_dim).float()
     assert (others != level0)[td["filled"].squeeze(-1)].any()  # level 1 changed some agents' actions
     level2 = copy.deepcopy(start)  # level 2: from θ again, agent i live, the others at their level-1 one-hots
-    live = straight_through(unroll(level2.actor.body, obs, mask), noise)
+    raw = raw_logits(level2.actor.body, obs)
+    live = straight_through(mask_logits(raw, mask), noise)
     total = 0.0
     for i in range(n):
         joint = others.clone()
         joint[..., i, :] = live[..., i, :]
         total = total - filled_mean(team_q(level2.critic, level2.mixer, obs, joint, state), td)
-    rmsprop_step(level2, total)
+    penalty = alg.cfg.action_penalty * logit_penalty(raw, td)
+    rmsprop_step(level2, total + penalty)
 
     assert torch.equal(alg.level_outputs(td, 1).actions, level0)  # what a level hands on: exact hard one-hots
     opt = torch.optim.RMSprop(alg.actor_parameters(), lr=alg.cfg.actor_lr)
     stats = k_level_step(opt, 2, lambda o: gradient_step(opt, alg.actor_loss(td, o), clip_grad_norm=alg.cfg.grad_clip,
                                                          params=alg.actor_parameters()),
                          lambda level: alg.level_outputs(td, level), params=alg.actor_parameters())
-    torch.testing.assert_close(stats.objective[1], float(total.detach()) / n, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats.objective[1], float(total.detach()) / n + float(penalty), rtol=1e-5, atol=1e-6)
     for ours, theirs in zip(alg.actor_parameters(), level2.actor.parameters(), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 

@@ -110,11 +110,15 @@ class DiscreteActor(nn.Module):
     def sequence(self, obs: Tensor, mask: Tensor | None) -> Tensor:
         """Masked logits over a replay batch: frames ``[B, N, F]``, or whole episodes ``[B, T, N, F]`` unrolled from
         a zero state (each row starts an episode, as collection did after ``is_init``)."""
+        return masked_logits(self.raw_sequence(obs), mask)
+
+    def raw_sequence(self, obs: Tensor) -> Tensor:
+        """:meth:`sequence` before the available-action mask (what the logit penalty regularises)."""
         if not self.recurrent:
-            return masked_logits(self.body(obs), mask)
+            return self.body(obs)
         h0 = obs.new_zeros(obs.shape[0], obs.shape[-2], self.gru_hidden)
         no_reset = torch.zeros(*obs.shape[:2], 1, dtype=torch.bool, device=obs.device)
-        return masked_logits(self.body.sequence(obs, h0, no_reset), mask)
+        return self.body.sequence(obs, h0, no_reset)
 
 
 class EpsilonGreedyGumbel(nn.Module):
@@ -165,8 +169,14 @@ class DiscreteActorCritic:
     def live_actions(self, td: TensorDictBase) -> Tensor:
         """The actor's straight-through Gumbel one-hots ``[*batch, N, A]`` with the batch's noise (called under
         ``no_grad`` they are the plain hard one-hots: what a level hands the next)."""
-        logits = self.actor.sequence(td.get(OBS), self.mask(td))
-        return gumbel_one_hot(logits, td.get(NOISE), self.cfg.gumbel_temperature)
+        return self.live_actions_and_penalty(td)[0]
+
+    def live_actions_and_penalty(self, td: TensorDictBase) -> tuple[Tensor, Tensor]:
+        """:meth:`live_actions` and the actor's logit penalty ``mean(logits²)`` over real steps (FACMAC's discrete
+        actor loss adds ``1e-3 ·`` it: unbounded logits otherwise saturate the softmax onto one action)."""
+        raw = self.actor.raw_sequence(td.get(OBS))
+        one_hot = gumbel_one_hot(masked_logits(raw, self.mask(td)), td.get(NOISE), self.cfg.gumbel_temperature)
+        return one_hot, self.step_mean(raw.pow(2), td)
 
     def stored_actions(self, td: TensorDictBase) -> Tensor:
         """One-hots of the collected integer actions."""

@@ -232,13 +232,15 @@ class DiscreteFacmac(DiscreteActorCritic, Facmac):
 
     def joint_loss(self, td: TensorDictBase) -> Tensor:
         """Discrete FACMAC's actor loss: ``−Q_tot(s, Q_j(o_j, a_j) all live)`` over the real steps."""
-        return -self.step_mean(self.q_tot(self.critic, self.mixer, td, self.live_actions(td)), td)
+        actions, penalty = self.live_actions_and_penalty(td)
+        return -self.step_mean(self.q_tot(self.critic, self.mixer, td, actions), td) + self.cfg.action_penalty * penalty
 
     def cases_loss(self, td: TensorDictBase, fixed: Tensor, reduce: bool = True) -> Tensor:
         """Case i: agent i's live one-hot, the others' ``fixed`` ones ``[*batch, N, A]``; one mixer call.
         ``−Σ_i E[Q_tot⁽ⁱ⁾]`` valued per case (``−mean_i``), or the ``[*batch, N(case)]`` values if not ``reduce``."""
         obs = td.get(OBS)
-        q_live = self.q_values(self.critic, obs, self.live_actions(td), None)
+        actions, penalty = self.live_actions_and_penalty(td)
+        q_live = self.q_values(self.critic, obs, actions, None)
         with torch.no_grad():
             q_fixed = self.q_values(self.critic, obs, fixed, None)
         cases = torch.where(self.eye, q_live.unsqueeze(-3), q_fixed.unsqueeze(-3))  # [*batch, N(case), N, 1]
@@ -247,7 +249,8 @@ class DiscreteFacmac(DiscreteActorCritic, Facmac):
             return per_case
         mean = self.step_mean(per_case, td)
         total = self.info.n_agents * mean
-        return total - (total - mean).detach()  # gradient of the sum over cases, value of the mean
+        # gradient of the sum over cases, value of the mean; the penalty as at level 1
+        return total - (total - mean).detach() + self.cfg.action_penalty * penalty
 
 
 @dataclass
@@ -270,7 +273,8 @@ class FacmacConfig(DiscreteActionsConfig):
     mixer_init_scale: float | None = None
     """Orthogonal init gain of the qmix mixer's layers (zero biases; JaxMARL on SMAX: 0.001); null: PyTorch's."""
     action_penalty: float = 1e-3
-    """Continuous actions: coefficient of the actor's mean(pre_tanh²) penalty."""
+    """Coefficient of the actor's penalty: mean(pre_tanh²) for continuous actions, mean(logits²) for discrete
+    ones (FACMAC's discrete learner), so the actor's outputs stay bounded."""
 
     def problems(self) -> Iterator[tuple[str, str, Any]]:
         yield from super().problems()
