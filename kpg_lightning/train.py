@@ -34,7 +34,7 @@ from kpg_lightning.checkpointing import MODEL, CheckpointError, find_checkpoint
 from kpg_lightning.config import ConfigError, register_configs, validate
 from kpg_lightning.data import make_replay_buffer
 from kpg_lightning.envs.info import GROUP, EnvInfo
-from kpg_lightning.envs.registry import env_family, eval_env_count, make_env, task_name
+from kpg_lightning.envs.registry import env_family, make_env, task_name
 from kpg_lightning.kpg import NonFiniteError
 from kpg_lightning.module import KPGModule
 
@@ -90,8 +90,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _eval_envs(env_cfg: DictConfig, episodes: int) -> dict[str, int]:
     """``num_envs`` for the evaluation env; none for a family that always builds one (SMAC: rounds of one game)."""
-    count = eval_env_count(env_cfg, episodes)
-    return {} if count == 1 and env_family(env_cfg).max_eval_envs == 1 else {"num_envs": count}
+    return {"num_envs": episodes} if env_family(env_cfg).batched_eval else {}
 
 
 def episode_length(cfg: DictConfig, env: EnvBase) -> int:
@@ -128,7 +127,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                                              **_eval_envs(cfg.env, cfg.eval.episodes)))
     info = EnvInfo.from_env(env)
     algorithm_cls, _ = ALGORITHMS[cfg.algorithm.name]
-    algorithm = algorithm_cls(OmegaConf.to_object(cfg.algorithm), info, OmegaConf.to_object(cfg.model))
+    algorithm = algorithm_cls.create(OmegaConf.to_object(cfg.algorithm), info, OmegaConf.to_object(cfg.model))
     for target in (env, eval_env):
         for transform in algorithm.env_transforms():
             target.append_transform(transform)

@@ -51,6 +51,7 @@ CASES = [
     (["checkpoint.keep_last=0"], "checkpoint.keep_last", "a number > 0"),
     (["eval.episodes=0"], "eval.episodes", "a number > 0"),
     (["eval.max_steps=0"], "eval.max_steps", "null or an integer > 0"),
+    (["buffer.episode_length=0"], "buffer.episode_length", "null or an integer > 0"),
     (["resume=/no/such/run"], "resume", "no such run directory or checkpoint"),
     (["algorithm.tau=0"], "algorithm.tau", "a number in (0, 1]"),
     (["model.recurrent=true"], "model.recurrent",

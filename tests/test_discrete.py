@@ -50,7 +50,7 @@ def build(base, algorithm: str = "facmac", recurrent: bool = True, **cfg):
     cls, config = (Facmac, FacmacConfig) if algorithm == "facmac" else (Maddpg, MaddpgConfig)
     extra = {"mixer_embed_dim": 8, "hypernet_hidden": 8} if algorithm == "facmac" else {}
     model = ModelConfig(actor_hidden=[16], critic_hidden=[16, 16], recurrent=recurrent, gru_hidden=16)
-    alg = cls(config(**{**extra, **cfg}), EnvInfo.from_env(base), model)
+    alg = cls.create(config(**{**extra, **cfg}), EnvInfo.from_env(base), model)
     transforms = alg.env_transforms()
     return alg, (TransformedEnv(base, Compose(*transforms)) if transforms else base)
 
@@ -228,7 +228,7 @@ def test_masked_actions_are_never_chosen():
     """Acting (ε = 1, ε = 0, greedy) and training's Gumbel one-hots pick available actions only, over many draws."""
     info = EnvInfo(n_agents=3, obs_dim=4, action_dim=8, discrete=True, state_dim=6, action_low=None,
                    action_high=None, has_action_mask=True, has_action_dim_mask=False)
-    alg = Facmac(FacmacConfig(), info, ModelConfig(actor_hidden=[16], critic_hidden=[16]))
+    alg = Facmac.create(FacmacConfig(), info, ModelConfig(actor_hidden=[16], critic_hidden=[16]))
     batch = 2000
     mask = torch.rand(batch, 3, 8) < 0.3
     mask[torch.arange(batch), :, torch.randint(8, (batch,))] = True  # at least one available action per agent

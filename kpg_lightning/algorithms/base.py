@@ -15,7 +15,7 @@ K = 1 the update is the ordinary algorithm's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,7 +28,7 @@ from torchrl.envs import Transform
 from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.models import ModelConfig
 
-__all__ = ["Algorithm", "AlgorithmConfig", "expand_done"]
+__all__ = ["Algorithm", "AlgorithmConfig", "expand_done", "sync_targets"]
 
 
 @dataclass
@@ -61,6 +61,21 @@ def expand_done(td: TensorDictBase, group: str = GROUP) -> TensorDictBase:
     return td
 
 
+@torch.no_grad()
+def sync_targets(pairs: Sequence[tuple[nn.Module, nn.Module]], mode: str, tau: float = 0.0, interval: int = 1,
+                 updates: Tensor | None = None) -> None:
+    """Target networks after one training update: ``polyak`` — ``θ̄ ← θ̄ + τ (θ − θ̄)`` every update; ``hard`` —
+    ``θ̄ ← θ`` every ``interval`` updates, counted in ``updates`` (a tensor buffer, so checkpoints keep it)."""
+    targets = [p for target, _ in pairs for p in target.parameters()]
+    online = [p for _, source in pairs for p in source.parameters()]
+    if mode == "polyak":
+        torch._foreach_lerp_(targets, online, tau)
+        return
+    updates += 1
+    if int(updates) % interval == 0:
+        torch._foreach_copy_(targets, online)
+
+
 class Algorithm(nn.Module):
     """Networks and losses of one MARL algorithm."""
 
@@ -81,10 +96,18 @@ class Algorithm(nn.Module):
     """False for value-based algorithms (QMIX, VDN, IQL, COMIX): no actor optimizer and no K-level step; every
     learned parameter is in ``critic_parameters`` and ``kpg.k`` must be 1."""
     config_class: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+    discrete_variant: ClassVar[type[Algorithm] | None] = None
+    """The class :meth:`create` builds instead on discrete action spaces (e.g. ``DiscreteFacmac``); None: this one."""
 
     def __init__(self, cfg: AlgorithmConfig, info: EnvInfo, model: ModelConfig):
         super().__init__()
         self.cfg, self.info, self.model_cfg = cfg, info, model
+
+    @classmethod
+    def create(cls, cfg: AlgorithmConfig, info: EnvInfo, model: ModelConfig) -> Algorithm:
+        """The algorithm for ``info``'s action space: :attr:`discrete_variant` where actions are discrete."""
+        target = cls.discrete_variant if info.discrete and cls.discrete_variant is not None else cls
+        return target(cfg, info, model)
 
     # hook
     def env_transforms(self) -> list[Transform]:

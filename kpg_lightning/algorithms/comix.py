@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torchrl.data import Bounded
 from torchrl.modules import AdditiveGaussianModule
 
-from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig
+from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig, sync_targets
 from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.mixers import make_mixer, mix
 from kpg_lightning.models import AgentMLP, ModelConfig
@@ -168,10 +168,7 @@ class Comix(Algorithm):
 
     @torch.no_grad()
     def update_targets(self) -> None:
-        pairs = ((self.target_agent, self.agent), (self.target_mixer, self.mixer))
-        targets = [p for target, _ in pairs for p in target.parameters()]
-        online = [p for _, source in pairs for p in source.parameters()]
-        torch._foreach_lerp_(targets, online, self.cfg.tau)
+        sync_targets([(self.target_agent, self.agent), (self.target_mixer, self.mixer)], "polyak", self.cfg.tau)
 
 
 @dataclass

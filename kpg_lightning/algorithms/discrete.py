@@ -15,7 +15,7 @@ Critic targets use the target actor's greedy next actions, unrolled over ``cat(o
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +28,13 @@ from torch import Tensor, nn
 from torchrl.envs import Transform
 from torchrl.envs.utils import ExplorationType, exploration_type
 
-from kpg_lightning.algorithms.base import AlgorithmConfig
+from kpg_lightning.algorithms.base import AlgorithmConfig, sync_targets
 from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.envs.starcraft import masked_random_action
 from kpg_lightning.models import AgentGRU, AgentMLP, ModelConfig, recurrent_transforms
 
 __all__ = ["DiscreteActionsConfig", "DiscreteActor", "DiscreteActorCritic", "EpsilonGreedyGumbel", "epsilon_at",
-           "gumbel_noise", "gumbel_one_hot", "masked_logits", "sync_targets"]
+           "gumbel_noise", "gumbel_one_hot", "masked_logits"]
 
 OBS, ACTION, MASK = (GROUP, "observation"), (GROUP, "action"), (GROUP, "action_mask")
 LOGITS, NOISE, HIDDEN = (GROUP, "logits"), (GROUP, "gumbel_noise"), "actor_hidden"  # hidden: [*envs, N, H]
@@ -70,20 +70,6 @@ def epsilon_at(frames: int, start: float, end: float, anneal_frames: int) -> flo
 
 
 @torch.no_grad()
-def sync_targets(pairs: Sequence[tuple[nn.Module, nn.Module]], mode: str, tau: float, interval: int,
-                 updates: Tensor) -> None:
-    """Target networks after one training update: ``polyak`` — ``θ̄ ← θ̄ + τ (θ − θ̄)`` every update; ``hard`` —
-    ``θ̄ ← θ`` every ``interval`` updates, counted in ``updates`` (a tensor, so checkpoints keep it)."""
-    targets = [p for target, _ in pairs for p in target.parameters()]
-    online = [p for _, source in pairs for p in source.parameters()]
-    if mode == "polyak":
-        torch._foreach_lerp_(targets, online, tau)
-        return
-    updates += 1
-    if int(updates) % interval == 0:
-        torch._foreach_copy_(targets, online)
-
-
 class DiscreteActor(nn.Module):
     """Shared actor → masked logits ``[..., N, A]``: an :class:`AgentMLP` or, recurrent, an :class:`AgentGRU`."""
 

@@ -42,8 +42,8 @@ from torch import Tensor, nn
 from torchrl.data import Bounded
 from torchrl.modules import AdditiveGaussianModule
 
-from kpg_lightning.algorithms.base import Algorithm
-from kpg_lightning.algorithms.discrete import DiscreteActionsConfig, DiscreteActorCritic, sync_targets
+from kpg_lightning.algorithms.base import Algorithm, sync_targets
+from kpg_lightning.algorithms.discrete import DiscreteActionsConfig, DiscreteActorCritic
 from kpg_lightning.config import ConfigError
 from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.mixers import MIXERS, make_mixer, mix
@@ -75,15 +75,10 @@ def action_penalty(pre_tanh: Tensor, mask: Tensor | None) -> Tensor:
 class Facmac(Algorithm):
     """FACMAC with a shared (or per-agent) deterministic actor; K-FACMAC through the K-level engine.
 
-    ``Facmac(cfg, info, model)`` with discrete actions (``info.discrete``) builds a :class:`DiscreteFacmac`.
+    ``Facmac.create(cfg, info, model)`` with discrete actions (``info.discrete``) builds a :class:`DiscreteFacmac`.
     """
 
     recurrent_actors = ("discrete",)  # SMAC's GRU actors; continuous actors are feed-forward
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Facmac:
-        info = kwargs.get("info", args[1] if len(args) > 1 else None)
-        discrete = cls is Facmac and info is not None and info.discrete
-        return super().__new__(DiscreteFacmac if discrete else cls)
 
     def __init__(self, cfg: FacmacConfig, info: EnvInfo, model: ModelConfig):
         super().__init__(cfg, info, model)
@@ -252,6 +247,8 @@ class DiscreteFacmac(DiscreteActorCritic, Facmac):
         # gradient of the sum over cases, value of the mean; the penalty as at level 1
         return total - (total - mean).detach() + self.cfg.action_penalty * penalty
 
+
+Facmac.discrete_variant = DiscreteFacmac
 
 @dataclass
 class FacmacConfig(DiscreteActionsConfig):

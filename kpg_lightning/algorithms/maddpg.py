@@ -51,15 +51,10 @@ class _CriticInput(nn.Module):
 class Maddpg(Algorithm):
     """MADDPG with a shared (or per-agent) deterministic actor; K-MADDPG through the K-level engine.
 
-    ``Maddpg(cfg, info, model)`` with discrete actions (``info.discrete``) builds a :class:`DiscreteMaddpg`.
+    ``Maddpg.create(cfg, info, model)`` with discrete actions (``info.discrete``) builds a :class:`DiscreteMaddpg`.
     """
 
     recurrent_actors = ("discrete",)  # SMAC's GRU actors; continuous actors are feed-forward
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Maddpg:
-        info = kwargs.get("info", args[1] if len(args) > 1 else None)
-        discrete = cls is Maddpg and info is not None and info.discrete
-        return super().__new__(DiscreteMaddpg if discrete else cls)
 
     def __init__(self, cfg: MaddpgConfig, info: EnvInfo, model: ModelConfig):
         super().__init__(cfg, info, model)
@@ -161,6 +156,8 @@ class DiscreteMaddpg(DiscreteActorCritic, Maddpg):
         q = self.critic.cases(self.state(td), joint)  # [*batch, N(case), 1]
         return -self.step_mean(q, td) if reduce else -q.squeeze(-1)
 
+
+Maddpg.discrete_variant = DiscreteMaddpg
 
 @dataclass
 class MaddpgConfig(DiscreteActionsConfig):

@@ -38,7 +38,7 @@ from torchrl.data import Categorical
 from torchrl.envs import Transform
 from torchrl.modules import EGreedyModule, QValueModule
 
-from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig
+from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig, sync_targets
 from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.mixers import MIXERS, make_mixer, mix
 from kpg_lightning.models import AgentGRU, AgentMLP, ModelConfig, recurrent_transforms
@@ -187,11 +187,10 @@ class Qmix(Algorithm):
     @torch.no_grad()
     def update_targets(self) -> None:
         """Hard copy of the online net (and mixer) every ``target_update_interval`` calls, one per update."""
-        self.updates += 1
-        if int(self.updates) % self.cfg.target_update_interval == 0:
-            self.target_q_net.load_state_dict(self.q_net.state_dict())
-            if self.mixer is not None:
-                self.target_mixer.load_state_dict(self.mixer.state_dict())
+        pairs = [(self.target_q_net, self.q_net)]
+        if self.mixer is not None:
+            pairs.append((self.target_mixer, self.mixer))
+        sync_targets(pairs, "hard", interval=self.cfg.target_update_interval, updates=self.updates)
 
 
 @dataclass

@@ -91,8 +91,9 @@ class EnvFamily:
     """pip extra that installs the family's simulator."""
     discrete: bool | None = None
     """Whether actions are discrete; None: the config's ``continuous_actions`` decides."""
-    max_eval_envs: int | None = None
-    """Most environments evaluation builds side by side (None: one per episode); more episodes run in rounds."""
+    batched_eval: bool = True
+    """Whether evaluation builds one environment per episode (``num_envs``); otherwise one, and episodes run in
+    rounds."""
 
     def action_space(self, cfg: DictConfig) -> str:
         discrete = self.discrete if self.discrete is not None else not cfg.get("continuous_actions", True)
@@ -104,7 +105,7 @@ ENV_FAMILIES: dict[str, EnvFamily] = {
     "mamujoco": EnvFamily("mamujoco", MamujocoConfig, ("scenario", "agent_conf"), "mujoco", discrete=False),
     "smax": EnvFamily("smax", SmaxConfig, ("map_name",), "smax", discrete=True),
     # one StarCraft II game (its own process and GBs of memory) for evaluation: episodes run one after another
-    "smac": EnvFamily("smac", SmacConfig, ("map_name",), "smac", discrete=True, max_eval_envs=1),
+    "smac": EnvFamily("smac", SmacConfig, ("map_name",), "smac", discrete=True, batched_eval=False),
 }
 
 
@@ -114,12 +115,6 @@ def env_family(cfg: DictConfig) -> EnvFamily:
             return family
     raise ValueError(f"env._target_: {cfg._target_!r} is not a known environment family; "
                      f"valid: {', '.join(f.config_class._target_ for f in ENV_FAMILIES.values())}")
-
-
-def eval_env_count(cfg: DictConfig, episodes: int) -> int:
-    """Environments the evaluation of ``episodes`` episodes builds (the family's ``max_eval_envs`` caps it)."""
-    cap = env_family(cfg).max_eval_envs
-    return episodes if cap is None else min(episodes, cap)
 
 
 def task_name(cfg: DictConfig) -> str:
