@@ -16,19 +16,26 @@ Algorithms supply two functions:
 - ``level_update(others)``: performs the level's optimizer step(s) given the others' level-(k-1) outputs and
   returns the objective (loss) value. One gradient step for the off-policy algorithms, a whole PPO update
   (epochs x minibatches) for K-MAPPO; :func:`gradient_step` is the usual building block.
+
+Every level restarts from the same θ, so a one-step level's *live* forward (the agent's own outputs with gradient,
+and whatever is computed from them alone) is the same at every level. :func:`shared_graph` records it once per
+K-level step in a graph that the in-place level steps and restores cannot invalidate, and each level backpropagates
+its own loss through it (``retain_graph``): a level then costs the others' level-(k−1) outputs, its own loss head
+and one backward, not a second actor forward.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["KLevelStats", "OptimizerSnapshot", "gradient_step", "k_level_step"]
+__all__ = ["KLevelStats", "OptimizerSnapshot", "gradient_step", "k_level_step", "shared_graph"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -102,6 +109,32 @@ def _params_of(optimizer: torch.optim.Optimizer) -> list[Tensor]:
 def _distance(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
     diffs = torch._foreach_sub(list(a), list(b))
     return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diffs)))) if diffs else 0.0
+
+
+def _storage(t: Tensor) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. functorch wrappers)
+        return None
+
+
+@contextmanager
+def shared_graph(params: Sequence[Tensor]) -> Iterator[None]:
+    """Record a forward pass whose autograd graph stays valid while ``params`` change in place.
+
+    Autograd saves some inputs of each operation for its backward (a linear layer saves its weight) and refuses to
+    backpropagate once one has been modified in place. Inside this context every saved tensor that shares storage
+    with one of ``params`` is saved as a copy, so the K-level engine's in-place optimizer steps and restores leave
+    the graph intact: each level backpropagates through it (``retain_graph=True``) at the parameters' values when
+    it was recorded, θ, and the gradients still accumulate into ``params``' ``.grad``.
+    """
+    storages = {_storage(p) for p in params} - {None}
+
+    def pack(t: Tensor) -> Tensor:
+        return t.clone() if _storage(t) in storages else t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
 
 
 def k_level_step(

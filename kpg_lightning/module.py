@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,17 +29,20 @@ from kpg_lightning.checkpointing import capture_rng, load_replay, restore_rng, s
 from kpg_lightning.config import BufferConfig, KPGConfig
 from kpg_lightning.data import CollectorStream, EpisodeAssembler, stream_loader
 from kpg_lightning.envs.info import GROUP
-from kpg_lightning.kpg import KLevelStats, NonFiniteError, gradient_step, k_level_step
+from kpg_lightning.kpg import KLevelStats, NonFiniteError, gradient_step, k_level_step, shared_graph
 
 __all__ = ["KPGModule", "make_actor_optimizer"]
 
 
 def make_actor_optimizer(name: str, k: int, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """``auto``: RMSProp for K > 1 (Adam's momentum carries old gradients across levels), Adam for K = 1."""
+    """``auto``: RMSProp for K > 1 (Adam's momentum carries old gradients across levels), Adam for K = 1.
+
+    Multi-tensor (``foreach``) implementations: one kernel launch per operation over all parameters, and the same
+    numbers as the per-parameter loop."""
     if name == "auto":
         name = "rmsprop" if k > 1 else "adam"
     optimizers = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-    return optimizers[name](params, lr=lr)
+    return optimizers[name](params, lr=lr, foreach=True)
 
 
 @contextmanager
@@ -141,7 +144,7 @@ class KPGModule(LightningModule):
     # -- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         cfg = self.algorithm.cfg
-        critic = torch.optim.Adam(self.algorithm.critic_parameters(), lr=cfg.critic_lr)
+        critic = torch.optim.Adam(self.algorithm.critic_parameters(), lr=cfg.critic_lr, foreach=True)
         optimizers = [critic]
         if self.algorithm.has_actor:
             optimizers.insert(0, make_actor_optimizer(self.kpg.actor_optimizer, self.kpg.k,
@@ -214,23 +217,39 @@ class KPGModule(LightningModule):
             alg.update_targets()
             self.train_steps += 1
             return metrics
-        actor_step = partial(gradient_step, actor_opt, backward=self.manual_backward, clip_grad_norm=clip,
-                             params=actor_params, name="actor loss")
         with frozen(critic_params):  # the actor levels need no critic/mixer gradients
             for chunk in alg.actor_batches(td, scope=self.kpg.scope):
-                stats = k_level_step(
-                    actor_opt, self.kpg.k,
-                    level_update=lambda others, chunk=chunk: alg.actor_update(chunk, others, actor_step),
-                    level_outputs=lambda level, chunk=chunk: alg.level_outputs(chunk, level),
-                    params=actor_params, adaptive_tol=self.kpg.adaptive_tol,
-                    synchronize=self._sync if self.profile_levels else None, on_level=self.level_hook,
-                )
+                stats = self.k_levels(chunk, actor_opt, actor_params)
                 for level, seconds in enumerate(stats.level_time_s, start=1):
                     self.timing[f"level_{level}"] += seconds
                 self.step_stats.append(stats)
         alg.update_targets()
         self.train_steps += 1
         return {**metrics, "actor_loss": stats.objective[-1]}
+
+    def k_levels(self, td: TensorDictBase, actor_opt: Any, actor_params: list[torch.nn.Parameter]) -> KLevelStats:
+        """One K-level actor update on ``td``. Where the algorithm shares its live forward, that forward runs once
+        (timed with level 1) and every level backpropagates through its graph, kept until the last level."""
+        alg, k = self.algorithm, self.kpg.k
+        start = time.perf_counter()
+        live, backward = None, self.manual_backward
+        if alg.shares_live_forward:
+            with shared_graph(actor_params) if k > 1 else nullcontext():
+                live = alg.live_forward(td)
+            if k > 1:
+                backward = partial(self.manual_backward, retain_graph=True)
+        shared_s = time.perf_counter() - start
+        step = partial(gradient_step, actor_opt, backward=backward, clip_grad_norm=alg.cfg.grad_clip,
+                       params=actor_params, name="actor loss")
+        stats = k_level_step(
+            actor_opt, k,
+            level_update=lambda others: alg.actor_update(td, others, step, live),
+            level_outputs=lambda level: alg.level_outputs(td, level, live),
+            params=actor_params, adaptive_tol=self.kpg.adaptive_tol,
+            synchronize=self._sync if self.profile_levels else None, on_level=self.level_hook,
+        )
+        stats.level_time_s[0] += shared_s
+        return stats
 
     # -- bookkeeping ------------------------------------------------------------------------------------------
     @property

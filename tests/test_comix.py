@@ -170,7 +170,7 @@ def test_polyak_targets_and_the_module_update():
     assert not {id(p) for p in alg.critic_parameters()} & {
         id(p) for m in (alg.target_agent, alg.target_mixer) for p in m.parameters()}
     module.optimizers = lambda: opt
-    module.manual_backward = lambda loss: loss.backward()
+    module.manual_backward = lambda loss, **kwargs: loss.backward(**kwargs)
     batch = 16
     td = TensorDict({
         OBS: torch.randn(batch, 3, 4), ACTION: torch.rand(batch, 3, 2) * 2 - 1, "state": torch.randn(batch, 6),

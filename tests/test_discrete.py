@@ -74,7 +74,7 @@ def module_for(alg, k: int, actor_optimizer: str = "auto") -> tuple[KPGModule, l
                        make_collector=None, max_frames=1, episode_length=100)
     optimizers = module.configure_optimizers()
     module.optimizers = lambda: optimizers
-    module.manual_backward = lambda loss: loss.backward()
+    module.manual_backward = lambda loss, **kwargs: loss.backward(**kwargs)
     return module, optimizers
 
 

@@ -78,7 +78,7 @@ def test_k1_k_facmac_is_plain_facmac_bit_for_bit():
     actor_opt, critic_opt = module.configure_optimizers()
     assert isinstance(actor_opt, torch.optim.Adam)
     module.optimizers = lambda: (actor_opt, critic_opt)
-    module.manual_backward = lambda loss: loss.backward()
+    module.manual_backward = lambda loss, **kwargs: loss.backward(**kwargs)
     ref_actor_opt = torch.optim.Adam(reference.actor.parameters(), lr=alg.cfg.actor_lr)
     ref_critic_opt = torch.optim.Adam([*reference.critic.parameters(), *reference.mixer.parameters()],
                                       lr=alg.cfg.critic_lr)

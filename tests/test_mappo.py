@@ -62,7 +62,7 @@ def engine_update(alg: Mappo, td: TensorDict, k: int, scope: str = "update") -> 
     optimizers = (make_actor_optimizer("adam", k, alg.actor_parameters(), alg.cfg.actor_lr),
                   torch.optim.Adam(alg.critic_parameters(), lr=alg.cfg.critic_lr))
     module.optimizers = lambda: optimizers
-    module.manual_backward = lambda loss: loss.backward()
+    module.manual_backward = lambda loss, **kwargs: loss.backward(**kwargs)
     module.update(td)
     return module, list(optimizers)
 

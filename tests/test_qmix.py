@@ -183,7 +183,7 @@ def test_hard_target_copy_after_exactly_the_interval():
                        episode_length=T)
     optimizer = torch.optim.Adam(alg.critic_parameters(), lr=alg.cfg.critic_lr)
     module.optimizers = lambda: optimizer
-    module.manual_backward = lambda loss: loss.backward()
+    module.manual_backward = lambda loss, **kwargs: loss.backward(**kwargs)
     initial = [p.clone() for p in alg.target_q_net.parameters()]
     td = episode_batch()
     for update in range(1, 7):

@@ -2,8 +2,8 @@
 
 The LightningModule drives an algorithm through these hooks only (marked ``# hook``):
 
-    process_batch → critic_update → for each of actor_batches: K-level step (level_outputs, actor_update)
-    → update_targets
+    process_batch → critic_update → for each of actor_batches: [live_forward] → K-level step (level_outputs,
+    actor_update) → update_targets
 
 Off-policy algorithms implement ``critic_loss`` and ``actor_loss`` (one gradient step each; the default
 ``critic_update``/``actor_update`` take it); on-policy ones override ``critic_update``/``actor_update`` to run
@@ -95,6 +95,11 @@ class Algorithm(nn.Module):
     has_actor: ClassVar[bool] = True
     """False for value-based algorithms (QMIX, VDN, IQL, COMIX): no actor optimizer and no K-level step; every
     learned parameter is in ``critic_parameters`` and ``kpg.k`` must be 1."""
+    shares_live_forward: ClassVar[bool] = False
+    """True where one level is one gradient step on a loss of the actor's own outputs on the batch, which are the same
+    at every level (each restarts from θ): :meth:`live_forward` then runs once per K-level step, recorded with
+    :func:`kpg_lightning.kpg.shared_graph`, and every level's loss backpropagates through it. False (on-policy
+    updates move θ within a level) runs each level's loss from scratch."""
     config_class: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
     discrete_variant: ClassVar[type[Algorithm] | None] = None
     """The class :meth:`create` builds instead on discrete action spaces (e.g. ``DiscreteFacmac``); None: this one."""
@@ -148,19 +153,28 @@ class Algorithm(nn.Module):
         return {"critic_loss": float(step(loss)), **{key: float(value) for key, value in metrics.items()}}
 
     # hook
-    def level_outputs(self, td: TensorDictBase, level: int) -> Any:
-        """What the level-``level`` actor hands the next level (computed without gradients)."""
+    def live_forward(self, td: TensorDictBase) -> Any:
+        """Where :attr:`shares_live_forward`: the actor's outputs on ``td`` with gradient (and what the losses
+        compute from them alone), shared by every level's :meth:`actor_loss` of one K-level step."""
         raise NotImplementedError
 
     # hook
-    def actor_loss(self, td: TensorDictBase, others: Any) -> Tensor:
-        """Actor loss with every agent's own output live and the others' from ``others`` (level k-1)."""
+    def level_outputs(self, td: TensorDictBase, level: int, live: Any = None) -> Any:
+        """What the level-``level`` actor hands the next level (computed without gradients; ``live``: the shared
+        live forward, whose values are level 0's own outputs)."""
         raise NotImplementedError
 
     # hook
-    def actor_update(self, td: TensorDictBase, others: Any, step: Callable[[Tensor], Tensor]) -> Tensor:
+    def actor_loss(self, td: TensorDictBase, others: Any, *, live: Any = None) -> Tensor:
+        """Actor loss with every agent's own output live and the others' from ``others`` (level k-1); ``live``:
+        the shared :meth:`live_forward` (None: computed here)."""
+        raise NotImplementedError
+
+    # hook
+    def actor_update(self, td: TensorDictBase, others: Any, step: Callable[[Tensor], Tensor],
+                     live: Any = None) -> Tensor:
         """One K level's actor step(s) against the others' level-(k-1) outputs; returns the objective."""
-        return step(self.actor_loss(td, others))
+        return step(self.actor_loss(td, others, live=live))
 
     # hook
     def actor_batches(self, td: TensorDictBase, scope: str = "update") -> Iterable[TensorDictBase]:

@@ -69,7 +69,6 @@ def epsilon_at(frames: int, start: float, end: float, anneal_frames: int) -> flo
     return end + (start - end) * max(0.0, 1.0 - frames / anneal_frames)
 
 
-@torch.no_grad()
 class DiscreteActor(nn.Module):
     """Shared actor → masked logits ``[..., N, A]``: an :class:`AgentMLP` or, recurrent, an :class:`AgentGRU`."""
 

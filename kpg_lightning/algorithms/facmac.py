@@ -12,8 +12,11 @@ Actor objective at level k (K-FACMAC), agent i live and the others at their leve
 Level 1 responds to the current actor itself, so its Σ_i ∇J_i is exactly the gradient of FACMAC's joint
 objective −Q_tot(s, Q_j(o_j, μ(o_j)) all live): :meth:`Facmac.level_outputs` hands level 1 no actions and
 :meth:`Facmac.actor_loss` then takes the joint objective, which makes K = 1 *be* FACMAC, bit for bit. From level 2
-on the N cases are scored in one pass (:meth:`Facmac.cases_loss`). Padded action dimensions (uneven partitions)
-are zeroed before the critic and left out of the penalty, so they carry no gradient.
+on the N cases are scored in one pass (:meth:`Facmac.cases_loss`). The live actions, their critic values
+Q_j(o_j, μ(o_j)) and the penalty are the same at every level (:class:`LiveForward`, computed once per K-level
+step), so a level beyond the first costs the level-(k−1) actions, the critic on them, the mixer and one backward.
+Padded action dimensions (uneven partitions) are zeroed before the critic and left out of the penalty, so they
+carry no gradient.
 
 Targets are plain deep copies moved by one ``torch._foreach_lerp_`` (Polyak τ) over actor, critic and mixer, or
 copied every ``target_update_interval`` updates (``target_update: hard``, SMAC's setting).
@@ -49,7 +52,7 @@ from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.mixers import MIXERS, make_mixer, mix
 from kpg_lightning.models import AgentMLP, ModelConfig, ScaledTanh
 
-__all__ = ["DiscreteFacmac", "Facmac", "FacmacConfig", "LevelActions", "action_penalty"]
+__all__ = ["DiscreteFacmac", "Facmac", "FacmacConfig", "LevelActions", "LiveForward", "action_penalty"]
 
 OBS, ACTION, DIM_MASK = (GROUP, "observation"), (GROUP, "action"), (GROUP, "action_dim_mask")
 
@@ -63,6 +66,16 @@ class LevelActions:
 
     level: int
     actions: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class LiveForward:
+    """The live actor on a batch, the same at every level of one K-level step: the actions ``[*batch, N, A]`` with
+    gradient, their per-agent critic values ``Q_j(o_j, a_j)`` ``[*batch, N, 1]`` and the actor's penalty term."""
+
+    actions: Tensor
+    q: Tensor
+    penalty: Tensor
 
 
 def action_penalty(pre_tanh: Tensor, mask: Tensor | None) -> Tensor:
@@ -79,6 +92,7 @@ class Facmac(Algorithm):
     """
 
     recurrent_actors = ("discrete",)  # SMAC's GRU actors; continuous actors are feed-forward
+    shares_live_forward = True
 
     def __init__(self, cfg: FacmacConfig, info: EnvInfo, model: ModelConfig):
         super().__init__(cfg, info, model)
@@ -148,38 +162,42 @@ class Facmac(Algorithm):
         q_tot = mix(self.mixer, self.q_values(self.critic, obs, td.get(ACTION), mask), self.state(td))
         return F.mse_loss(q_tot, target), {"q_tot_mean": q_tot.mean().detach(), "target_mean": target.mean()}
 
-    def level_outputs(self, td: TensorDictBase, level: int) -> LevelActions:
-        return LevelActions(level, None if level == 0 else self.actor.module(td.get(OBS)))
-
-    def actor_loss(self, td: TensorDictBase, others: LevelActions) -> Tensor:
-        """FACMAC's joint loss against level 0, the N-case loss against the level-(k−1) actions after that."""
-        return self.joint_loss(td) if others.actions is None else self.cases_loss(td, others.actions)
-
-    def joint_loss(self, td: TensorDictBase) -> Tensor:
-        """FACMAC's actor loss: ``−Q_tot(s, Q_j(o_j, μ(o_j)) all live) + c · mean(pre_tanh²)``."""
+    def live_forward(self, td: TensorDictBase) -> LiveForward:
         obs, mask = td.get(OBS), self.dim_mask(td)
         pre, action = self.act(obs)
-        q_tot = mix(self.mixer, self.q_values(self.critic, obs, action, mask), self.state(td))
-        return -q_tot.mean() + self.cfg.action_penalty * action_penalty(pre, mask)
+        return LiveForward(action, self.q_values(self.critic, obs, action, mask), action_penalty(pre, mask))
 
-    def cases_loss(self, td: TensorDictBase, fixed: Tensor, reduce: bool = True) -> Tensor:
+    def level_outputs(self, td: TensorDictBase, level: int, live: LiveForward | None = None) -> LevelActions:
+        return LevelActions(level, None if level == 0 else self.actor.module(td.get(OBS)))
+
+    def actor_loss(self, td: TensorDictBase, others: LevelActions, *, live: LiveForward | None = None) -> Tensor:
+        """FACMAC's joint loss against level 0, the N-case loss against the level-(k−1) actions after that."""
+        if others.actions is None:
+            return self.joint_loss(td, live=live)
+        return self.cases_loss(td, others.actions, live=live)
+
+    def joint_loss(self, td: TensorDictBase, *, live: LiveForward | None = None) -> Tensor:
+        """FACMAC's actor loss: ``−Q_tot(s, Q_j(o_j, μ(o_j)) all live) + c · mean(pre_tanh²)``."""
+        live = self.live_forward(td) if live is None else live
+        return -mix(self.mixer, live.q, self.state(td)).mean() + self.cfg.action_penalty * live.penalty
+
+    def cases_loss(self, td: TensorDictBase, fixed: Tensor, reduce: bool = True, *,
+                   live: LiveForward | None = None) -> Tensor:
         """K-FACMAC's loss: case i has agent i live, the others at ``fixed`` ``[B, N, A]``; one mixer call.
 
         Returns ``−Σ_i E[Q_tot⁽ⁱ⁾] + penalty`` (valued per case, ``−mean_i``, so levels log comparably), or the
         ``[B, N(case)]`` values ``−Q_tot⁽ⁱ⁾`` without the penalty if not ``reduce``.
         """
-        obs, mask = td.get(OBS), self.dim_mask(td)
-        pre, live = self.act(obs)
-        q_live = self.q_values(self.critic, obs, live, mask)  # [B, N, 1]
+        live = self.live_forward(td) if live is None else live
         with torch.no_grad():
-            q_fixed = self.q_values(self.critic, obs, fixed, mask)
-        cases = torch.where(self.eye, q_live.unsqueeze(-3), q_fixed.unsqueeze(-3))  # [B, N(case), N, 1]
+            q_fixed = self.q_values(self.critic, td.get(OBS), fixed, self.dim_mask(td))
+        cases = torch.where(self.eye, live.q.unsqueeze(-3), q_fixed.unsqueeze(-3))  # [B, N(case), N, 1]
         per_case = -mix(self.mixer, cases, self.state(td)).squeeze(-1)  # [B, N(case)]
         if not reduce:
             return per_case
         total = per_case.mean(0).sum()
         total = total - (total - per_case.mean()).detach()  # gradient of the sum, value of the mean
-        return total + self.cfg.action_penalty * action_penalty(pre, mask)
+        return total + self.cfg.action_penalty * live.penalty
 
     def update_targets(self) -> None:
         pairs = ((self.target_actor, self.actor.module), (self.target_critic, self.critic),
@@ -222,30 +240,34 @@ class DiscreteFacmac(DiscreteActorCritic, Facmac):
         loss = self.step_mean((q_tot - target).pow(2), td)
         return loss, {"q_tot_mean": self.step_mean(q_tot.detach(), td), "target_mean": self.step_mean(target, td)}
 
-    def level_outputs(self, td: TensorDictBase, level: int) -> LevelActions:
+    def live_forward(self, td: TensorDictBase) -> LiveForward:
+        actions, penalty = self.live_actions_and_penalty(td)  # the GRU unrolled once for every level
+        return LiveForward(actions, self.q_values(self.critic, td.get(OBS), actions, None), penalty)
+
+    def level_outputs(self, td: TensorDictBase, level: int, live: LiveForward | None = None) -> LevelActions:
         return LevelActions(level, None if level == 0 else self.live_actions(td))
 
-    def joint_loss(self, td: TensorDictBase) -> Tensor:
+    def joint_loss(self, td: TensorDictBase, *, live: LiveForward | None = None) -> Tensor:
         """Discrete FACMAC's actor loss: ``−Q_tot(s, Q_j(o_j, a_j) all live)`` over the real steps."""
-        actions, penalty = self.live_actions_and_penalty(td)
-        return -self.step_mean(self.q_tot(self.critic, self.mixer, td, actions), td) + self.cfg.action_penalty * penalty
+        live = self.live_forward(td) if live is None else live
+        q_tot = mix(self.mixer, live.q, self.state(td))
+        return -self.step_mean(q_tot, td) + self.cfg.action_penalty * live.penalty
 
-    def cases_loss(self, td: TensorDictBase, fixed: Tensor, reduce: bool = True) -> Tensor:
+    def cases_loss(self, td: TensorDictBase, fixed: Tensor, reduce: bool = True, *,
+                   live: LiveForward | None = None) -> Tensor:
         """Case i: agent i's live one-hot, the others' ``fixed`` ones ``[*batch, N, A]``; one mixer call.
         ``−Σ_i E[Q_tot⁽ⁱ⁾]`` valued per case (``−mean_i``), or the ``[*batch, N(case)]`` values if not ``reduce``."""
-        obs = td.get(OBS)
-        actions, penalty = self.live_actions_and_penalty(td)
-        q_live = self.q_values(self.critic, obs, actions, None)
+        live = self.live_forward(td) if live is None else live
         with torch.no_grad():
-            q_fixed = self.q_values(self.critic, obs, fixed, None)
-        cases = torch.where(self.eye, q_live.unsqueeze(-3), q_fixed.unsqueeze(-3))  # [*batch, N(case), N, 1]
+            q_fixed = self.q_values(self.critic, td.get(OBS), fixed, None)
+        cases = torch.where(self.eye, live.q.unsqueeze(-3), q_fixed.unsqueeze(-3))  # [*batch, N(case), N, 1]
         per_case = -mix(self.mixer, cases, self.state(td)).squeeze(-1)
         if not reduce:
             return per_case
         mean = self.step_mean(per_case, td)
         total = self.info.n_agents * mean
         # gradient of the sum over cases, value of the mean; the penalty as at level 1
-        return total - (total - mean).detach() + self.cfg.action_penalty * penalty
+        return total - (total - mean).detach() + self.cfg.action_penalty * live.penalty
 
 
 Facmac.discrete_variant = DiscreteFacmac

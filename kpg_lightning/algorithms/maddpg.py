@@ -2,7 +2,8 @@
 
 Actor objective of agent i at level k: maximise Q_i(s, a_i = μ_θ(o_i), a_−i = μ_θ⁽ᵏ⁻¹⁾(o_−i)), the others'
 actions fixed at their level-(k−1) values (level 0: the current actor's, not the buffer's). The N "agent i live"
-cases are scored in one batched critic pass. The critic's TD loss is TorchRL's ``DDPGLoss``, its targets move by
+cases are scored in one batched critic pass; the live actions μ_θ(o) are computed once per K-level step and shared by
+every level (they are also level 0's actions). The critic's TD loss is TorchRL's ``DDPGLoss``, its targets move by
 ``SoftUpdate`` (Polyak) or ``HardUpdate`` (``target_update: hard``). Discrete action spaces get
 :class:`DiscreteMaddpg`: straight-through Gumbel-softmax one-hot actions, ε-greedy acting and, with
 ``model.recurrent``, GRU actors on episode replay (:mod:`kpg_lightning.algorithms.discrete`).
@@ -55,6 +56,7 @@ class Maddpg(Algorithm):
     """
 
     recurrent_actors = ("discrete",)  # SMAC's GRU actors; continuous actors are feed-forward
+    shares_live_forward = True
 
     def __init__(self, cfg: MaddpgConfig, info: EnvInfo, model: ModelConfig):
         super().__init__(cfg, info, model)
@@ -102,12 +104,16 @@ class Maddpg(Algorithm):
         loss, meta = self.loss.loss_value(td)
         return loss, {"q_mean": meta["pred_value"].mean().detach(), "target_mean": meta["target_value"].mean().detach()}
 
-    def level_outputs(self, td: TensorDictBase, level: int) -> Tensor:
+    def live_forward(self, td: TensorDictBase) -> Tensor:
         return self.actor.module(td.get(OBS))
 
-    def actor_loss(self, td: TensorDictBase, others: Tensor, reduce: bool = True) -> Tensor:
+    def level_outputs(self, td: TensorDictBase, level: int, live: Tensor | None = None) -> Tensor:
+        return live.detach() if level == 0 and live is not None else self.actor.module(td.get(OBS))
+
+    def actor_loss(self, td: TensorDictBase, others: Tensor, reduce: bool = True, *,
+                   live: Tensor | None = None) -> Tensor:
         """``-Q_i(s, a_i live, a_-i = others)`` averaged over batch and agents (``[..., N]`` if not ``reduce``)."""
-        live = self.actor.module(td.get(OBS))
+        live = self.live_forward(td) if live is None else live
         joint = torch.where(self.eye, live.unsqueeze(-3), others.unsqueeze(-3))
         q = self.critic_input.critic.cases(self.critic_input.state(td.get(self.state_key)), joint)
         return -q.mean() if reduce else -q.squeeze(-1)
@@ -147,12 +153,17 @@ class DiscreteMaddpg(DiscreteActorCritic, Maddpg):
         loss = self.step_mean((q - target).pow(2), td)
         return loss, {"q_mean": self.step_mean(q.detach(), td), "target_mean": self.step_mean(target, td)}
 
-    def level_outputs(self, td: TensorDictBase, level: int) -> Tensor:
+    def live_forward(self, td: TensorDictBase) -> Tensor:
         return self.live_actions(td)
 
-    def actor_loss(self, td: TensorDictBase, others: Tensor, reduce: bool = True) -> Tensor:
+    def level_outputs(self, td: TensorDictBase, level: int, live: Tensor | None = None) -> Tensor:
+        return live.detach() if level == 0 and live is not None else self.live_actions(td)
+
+    def actor_loss(self, td: TensorDictBase, others: Tensor, reduce: bool = True, *,
+                   live: Tensor | None = None) -> Tensor:
         """``-Q_i(s, a_i live, a_-i = others)`` over the real steps and agents (``[*batch, N]`` if not ``reduce``)."""
-        joint = torch.where(self.eye, self.live_actions(td).unsqueeze(-3), others.unsqueeze(-3))
+        live = self.live_forward(td) if live is None else live
+        joint = torch.where(self.eye, live.unsqueeze(-3), others.unsqueeze(-3))
         q = self.critic.cases(self.state(td), joint)  # [*batch, N(case), 1]
         return -self.step_mean(q, td) if reduce else -q.squeeze(-1)
 

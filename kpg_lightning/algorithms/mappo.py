@@ -187,7 +187,7 @@ class Mappo(Algorithm):
         self._plan = plan
         return [td]
 
-    def level_outputs(self, td: TensorDictBase, level: int) -> Tensor:
+    def level_outputs(self, td: TensorDictBase, level: int, live: Any = None) -> Tensor:
         """Log-probs of the stored actions under the level-``level`` actor (level 0: the behaviour policy)."""
         return td.get(LOGP) if level == 0 else self.log_prob(td)
 
@@ -196,7 +196,7 @@ class Mappo(Algorithm):
         delta_others = (others - behaviour).detach()
         return torch.exp(log_prob - behaviour + (delta_others.sum(-1, keepdim=True) - delta_others))
 
-    def actor_loss(self, td: TensorDictBase, others: Tensor) -> Tensor:
+    def actor_loss(self, td: TensorDictBase, others: Tensor, *, live: Any = None) -> Tensor:
         """PPO-clip surrogate with the K-level ratio; advantages normalized over the minibatch."""
         cfg = self.cfg
         dist = self.distribution(td)
@@ -211,8 +211,10 @@ class Mappo(Algorithm):
             loss = loss - cfg.entropy_coef * entropy.mean()
         return loss
 
-    def actor_update(self, td: TensorDictBase, others: Tensor, step: Callable[[Tensor], Tensor]) -> Tensor:
-        """scope=update: all epochs x minibatches, mean loss; scope=step: one gradient step on ``td``."""
+    def actor_update(self, td: TensorDictBase, others: Tensor, step: Callable[[Tensor], Tensor],
+                     live: Any = None) -> Tensor:
+        """scope=update: all epochs x minibatches, mean loss; scope=step: one gradient step on ``td``. No shared
+        live forward (``live`` is unused): PPO's epochs move θ within a level."""
         if self._plan is None:
             return step(self.actor_loss(td, others))
         return torch.stack([step(self.actor_loss(td[idx], others[idx])) for idx in self._plan]).mean()
