@@ -7,7 +7,9 @@ Each (setting, K) is a real training run through ``kpg_lightning.train.run`` (co
 K-level actor step, targets, Lightning), so the numbers are what users get. The K-cost callback logs every
 step's phases (``time/collect_s``, ``time/critic_s``, ``time/level_k_s``, ``time/rest_s``); the first
 ``--warmup`` steps of each run are dropped and the median of the rest is reported. The floor is what K costs if a
-level adds nothing but one more actor level: ``t(K=1) + (K - 1) * t(level_1 at K=1)``.
+level adds nothing but one more actor level: ``t(K=1) + (K - 1) * t(level_1 at K=1)``. "paired overhead" is the
+median over repeats of each repeat's own ratio t(K) / t(K=1): the runs of one repeat are minutes apart, so it
+cancels most drift in the machine's speed between repeats.
 
 Writes ``k_overhead.json`` and ``k_overhead.md`` to ``--out`` and prints the markdown table.
 """
@@ -48,18 +50,21 @@ def measure(setting: str, k: int, frames: int, warmup: int, workdir: Path) -> di
 
 
 def table(results: dict[str, dict[int, list[dict[str, float]]]]) -> str:
-    lines = ["| setting | K | median s/step | overhead vs K=1 | floor | overhead / floor | levels share |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| setting | K | median s/step | overhead vs K=1 | paired overhead | floor | overhead / floor | "
+             "levels share |", "|---|---|---|---|---|---|---|---|"]
     for setting, per_k in results.items():
-        base = statistics.median(m["step"] for m in per_k[min(per_k)])
-        level1 = statistics.median(m["level_1"] for m in per_k[min(per_k)])
+        first = per_k[min(per_k)]
+        base = statistics.median(m["step"] for m in first)
+        level1 = statistics.median(m["level_1"] for m in first)
         for k, runs in sorted(per_k.items()):
             step = statistics.median(m["step"] for m in runs)
+            paired = statistics.median(m["step"] / b["step"] for m, b in zip(runs, first, strict=True))
             floor = base + (k - 1) * level1
             share = statistics.median(sum(v for key, v in m.items() if key.startswith("level_")) / m["step"]
                                       for m in runs)
-            lines.append(f"| {setting} | {k} | {step:.4f} | {100 * (step / base - 1):+.1f}% | {floor:.4f} "
-                         f"(+{100 * (floor / base - 1):.1f}%) | {step / floor:.2f}x | {100 * share:.0f}% |")
+            lines.append(f"| {setting} | {k} | {step:.4f} | {100 * (step / base - 1):+.1f}% | "
+                         f"{100 * (paired - 1):+.1f}% | {floor:.4f} (+{100 * (floor / base - 1):.1f}%) | "
+                         f"{step / floor:.2f}x | {100 * share:.0f}% |")
     return "\n".join(lines)
 
 

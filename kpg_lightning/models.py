@@ -82,32 +82,41 @@ class ScaledTanh(nn.Module):
 
 
 class CentralCritic(nn.Module):
-    """Per-agent action values ``Q_i(s, a_1..a_N)`` from the global state (or joint observation) and joint action.
+    """Action values of every agent from the global state (or joint observation) and the joint action.
 
-    One network shared by all agents with an agent-id one-hot, so ``Q_i`` can differ for per-agent rewards.
+    ``per_agent`` (default): ``Q_i(s, a_1..a_N)``, one network shared by all agents with an agent-id one-hot, so
+    ``Q_i`` can differ for per-agent rewards; it scores N rows per sample. Otherwise one team value ``Q(s, a)``
+    per sample that every agent shares (BenchMARL's shared centralised critic): one row per sample.
     :meth:`forward` scores the same joint action for every agent; :meth:`cases` scores case ``i`` (its own joint
     action, e.g. agent ``i`` live and the others fixed) for agent ``i`` only: the N cases in one pass.
     """
 
     def __init__(self, n_agents: int, state_dim: int, action_dim: int, hidden: Sequence[int],
-                 activation: str = "relu"):
+                 activation: str = "relu", per_agent: bool = True):
         super().__init__()
-        self.n_agents = n_agents
-        self.net = MLP(in_features=state_dim + n_agents * action_dim + n_agents, out_features=1,
-                       num_cells=list(hidden), activation_class=_activation(activation))
+        self.n_agents, self.per_agent = n_agents, per_agent
+        self.net = MLP(in_features=state_dim + n_agents * action_dim + (n_agents if per_agent else 0),
+                       out_features=1, num_cells=list(hidden), activation_class=_activation(activation))
         self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
 
     def cases(self, state: Tensor, joint_actions: Tensor) -> Tensor:
         """``state [..., S]``, ``joint_actions [..., N(case), N, A]`` → ``Q [..., N(case), 1]``."""
         n = self.n_agents
         batch = joint_actions.shape[:-3]
-        state = state.unsqueeze(-2).expand(*batch, n, state.shape[-1])
-        ids = self.agent_ids.expand(*batch, n, n)
-        return self.net(torch.cat([state, joint_actions.flatten(-2), ids], dim=-1))
+        inputs = [state.unsqueeze(-2).expand(*batch, n, state.shape[-1]), joint_actions.flatten(-2)]
+        if self.per_agent:
+            inputs.append(self.agent_ids.expand(*batch, n, n))
+        return self.net(torch.cat(inputs, dim=-1))
+
+    def team(self, state: Tensor, action: Tensor) -> Tensor:
+        """The team value ``Q(s, a)`` ``[..., 1]`` of ``action [..., N, A]`` (not ``per_agent`` only)."""
+        return self.net(torch.cat([state, action.flatten(-2)], dim=-1))
 
     def forward(self, state: Tensor, action: Tensor) -> Tensor:
         """``state [..., S]``, ``action [..., N, A]`` → ``Q [..., N, 1]``."""
         n = self.n_agents
+        if not self.per_agent:
+            return self.team(state, action).unsqueeze(-2).expand(*action.shape[:-2], n, 1)
         return self.cases(state, action.unsqueeze(-3).expand(*action.shape[:-2], n, n, action.shape[-1]))
 
 

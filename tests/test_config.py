@@ -54,6 +54,7 @@ CASES = [
     (["buffer.episode_length=0"], "buffer.episode_length", "null or an integer > 0"),
     (["resume=/no/such/run"], "resume", "no such run directory or checkpoint"),
     (["algorithm.tau=0"], "algorithm.tau", "a number in (0, 1]"),
+    (["algorithm.critic=central"], "algorithm.critic", "one of per_agent, team"),
     (["model.recurrent=true"], "model.recurrent",
      "false for maddpg with continuous actions (recurrent actors: mappo, ippo)"),
     (["algorithm=facmac", "env=mamujoco", "algorithm.mixer=qmax"], "algorithm.mixer", "one of qmix, "),

@@ -10,13 +10,13 @@ from kpg_lightning.models import ModelConfig
 pytestmark = needs_vmas
 
 
-def _setup(share_params: bool):
+def _setup(share_params: bool, critic: str = "per_agent"):
     from kpg_lightning.envs.info import EnvInfo
     from kpg_lightning.envs.vmas import make_vmas_env
 
     env = make_vmas_env("balance", num_envs=4, max_steps=10, seed=0)
     model = ModelConfig(actor_hidden=[16], critic_hidden=[16], share_params=share_params)
-    alg = Maddpg(MaddpgConfig(), EnvInfo.from_env(env), model)
+    alg = Maddpg(MaddpgConfig(critic=critic), EnvInfo.from_env(env), model)
     with torch.no_grad():
         td = alg.process_batch(env.rollout(5, alg.policy(), break_when_any_done=False).reshape(-1))
     return alg, td
@@ -102,3 +102,62 @@ def test_actor_levels_leave_the_critic_out_of_the_graph():
                      lambda level: alg.level_outputs(td, level))
     assert all(p.grad is None for p in critic) and all(p.requires_grad for p in critic)
     assert all(p.grad is not None for p in alg.actor_parameters())
+
+
+def test_team_critic_scores_one_row_per_sample_shared_by_every_agent():
+    """critic=team: no agent-id input, one critic row per sample, the same value for every agent."""
+    alg, td = _setup(True, critic="team")
+    critic = alg.critic_input.critic
+    n, a = alg.info.n_agents, alg.info.action_dim
+    assert critic.net[0].in_features == alg.info.critic_state_dim + n * a
+    rows = []
+    critic.net.register_forward_hook(lambda _m, inputs, _out: rows.append(inputs[0].shape[:-1]))
+    q = alg.critic(td.clone())["agents", "state_action_value"]
+    assert rows == [td.batch_size] and q.shape == (*td.batch_size, n, 1)
+    assert torch.equal(q, q[:, :1].expand_as(q))
+    loss, _ = alg.critic_loss(td)
+    assert loss.isfinite() and rows[-1] == td.batch_size  # the TD loss uses the one team row too
+
+
+def test_team_critic_level_one_is_maddpg_joint_objective_and_levels_sum_the_cases():
+    """Level 1 (level 0 hands no actions): −Q(s, μ(o)) with every agent live, one critic row per sample; its
+    gradient is the sum of the N cases' gradients at the current actions. Level k ≥ 2: case values averaged,
+    gradients summed, each case scoring agent i live and the others fixed."""
+    alg, td = _setup(True, critic="team")
+    params, obs = alg.actor_parameters(), td["agents", "observation"]
+    state, critic, n = obs.flatten(-2), alg.critic_input.critic, alg.info.n_agents
+    assert alg.level_outputs(td, 0) is None
+    joint = alg.actor_loss(td, None)
+    torch.testing.assert_close(joint, -critic.team(state, alg.actor.module(obs)).mean())
+    with torch.no_grad():
+        current = alg.actor.module(obs)
+    cases = alg.actor_loss(td, current)
+    torch.testing.assert_close(cases, joint)
+    for g, e in zip(torch.autograd.grad(joint, params), torch.autograd.grad(cases, params), strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
+
+    others = current + 0.3 * torch.randn_like(current)
+    loss = alg.actor_loss(td, others)
+    values, total = [], 0.0
+    for i in range(n):
+        joint_i = others.clone()
+        joint_i[:, i] = alg.actor.module(obs)[:, i]
+        q_i = critic.team(state, joint_i).mean()
+        values.append(-q_i)
+        total = total - q_i
+    torch.testing.assert_close(loss, torch.stack(values).mean())
+    for g, e in zip(torch.autograd.grad(loss, params), torch.autograd.grad(total, params), strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(loss, alg.actor_loss(td, others + 0.5))
+
+
+def test_team_critic_k_maddpg_runs_end_to_end(tmp_path):
+    import json
+
+    from conftest import TINY, run_train
+
+    result = run_train(tmp_path / "run", *TINY, "max_frames=640", "algorithm.critic=team", "kpg.k=2",
+                       "trainer.enable_checkpointing=false")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["frames"] == 640 and summary["kpg"]["levels_run_mean"] == 2

@@ -88,14 +88,14 @@ def test_facmac_levels_are_unchanged_by_the_shared_forward(share_params, tmp_pat
 
 
 @needs_vmas
-@pytest.mark.parametrize("share_params", [True, False])
-def test_maddpg_levels_are_unchanged_by_the_shared_forward(share_params):
+@pytest.mark.parametrize(("share_params", "critic"), [(True, "per_agent"), (False, "per_agent"), (True, "team")])
+def test_maddpg_levels_are_unchanged_by_the_shared_forward(share_params, critic):
     from kpg_lightning.envs.vmas import make_vmas_env
 
     torch.manual_seed(0)
     env = make_vmas_env("balance", num_envs=4, max_steps=10, seed=0)
     model = ModelConfig(actor_hidden=[16], critic_hidden=[16], share_params=share_params)
-    alg = Maddpg(MaddpgConfig(actor_lr=1e-2), EnvInfo.from_env(env), model)
+    alg = Maddpg(MaddpgConfig(actor_lr=1e-2, critic=critic), EnvInfo.from_env(env), model)
     with torch.no_grad():
         td = alg.process_batch(env.rollout(8, alg.policy(), break_when_any_done=False).reshape(-1))
     _assert_same_levels(alg, td, k=3)
@@ -103,8 +103,9 @@ def test_maddpg_levels_are_unchanged_by_the_shared_forward(share_params):
 
 @needs_smax
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize(("algorithm", "recurrent"), [("facmac", True), ("maddpg", False)])
-def test_discrete_levels_are_unchanged_by_the_shared_forward(smax, algorithm, recurrent):
+@pytest.mark.parametrize(("algorithm", "recurrent", "critic"),
+                         [("facmac", True, None), ("maddpg", False, "per_agent"), ("maddpg", True, "team")])
+def test_discrete_levels_are_unchanged_by_the_shared_forward(smax, algorithm, recurrent, critic):
     """Discrete actors: the GRU is unrolled once per K-level step, with the update's one Gumbel noise draw."""
     from torchrl.envs import Compose, TransformedEnv
 
@@ -112,7 +113,7 @@ def test_discrete_levels_are_unchanged_by_the_shared_forward(smax, algorithm, re
 
     torch.manual_seed(0)
     cls, config = (Facmac, FacmacConfig) if algorithm == "facmac" else (Maddpg, MaddpgConfig)
-    extra = {"mixer_embed_dim": 8, "hypernet_hidden": 8} if algorithm == "facmac" else {}
+    extra = {"mixer_embed_dim": 8, "hypernet_hidden": 8} if algorithm == "facmac" else {"critic": critic}
     model = ModelConfig(actor_hidden=[16], critic_hidden=[16, 16], recurrent=recurrent, gru_hidden=16)
     alg = cls.create(config(actor_lr=1e-2, **extra), EnvInfo.from_env(smax), model)
     transforms = alg.env_transforms()
@@ -121,7 +122,7 @@ def test_discrete_levels_are_unchanged_by_the_shared_forward(smax, algorithm, re
         td = env.rollout(100, alg.policy(), break_when_any_done=False)
     td = EpisodeAssembler(100).add(td) if recurrent else td.reshape(-1)
     td = alg.process_batch(td)  # draws the update's Gumbel noise
-    _assert_same_levels(alg, td, k=3 if algorithm == "maddpg" else 2, episode_length=100 if recurrent else None)
+    _assert_same_levels(alg, td, k=2 if recurrent else 3, episode_length=100 if recurrent else None)
 
 
 def test_shared_graph_survives_in_place_parameter_changes():

@@ -4,14 +4,20 @@ Actor objective of agent i at level k: maximise Q_i(s, a_i = μ_θ(o_i), a_−i 
 actions fixed at their level-(k−1) values (level 0: the current actor's, not the buffer's). The N "agent i live"
 cases are scored in one batched critic pass; the live actions μ_θ(o) are computed once per K-level step and shared by
 every level (they are also level 0's actions). The critic's TD loss is TorchRL's ``DDPGLoss``, its targets move by
-``SoftUpdate`` (Polyak) or ``HardUpdate`` (``target_update: hard``). Discrete action spaces get
-:class:`DiscreteMaddpg`: straight-through Gumbel-softmax one-hot actions, ε-greedy acting and, with
-``model.recurrent``, GRU actors on episode replay (:mod:`kpg_lightning.algorithms.discrete`).
+``SoftUpdate`` (Polyak) or ``HardUpdate`` (``target_update: hard``).
+
+``critic: team`` replaces the per-agent critic (agent-id input, N rows per sample) by one team value Q(s, a) that
+every agent shares, BenchMARL's shared centralised critic: one row per sample. Level 1 is then MADDPG's joint
+objective −Q(s, μ(o_1..o_N)) (level 0 hands it no actions, as K-FACMAC's level 0 does), and level k ≥ 2 scores the N
+cases with the gradient of their sum and the value of their mean, whose gradient at level 1 is that joint one.
+
+Discrete action spaces get :class:`DiscreteMaddpg`: straight-through Gumbel-softmax one-hot actions, ε-greedy
+acting and, with ``model.recurrent``, GRU actors on episode replay (:mod:`kpg_lightning.algorithms.discrete`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +36,10 @@ from kpg_lightning.config import ConfigError
 from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.models import AgentMLP, CentralCritic, ModelConfig, ScaledTanh
 
-__all__ = ["DiscreteMaddpg", "Maddpg", "MaddpgConfig"]
+__all__ = ["DiscreteMaddpg", "Maddpg", "MaddpgConfig", "cases_objective"]
 
 OBS, ACTION = (GROUP, "observation"), (GROUP, "action")
+CRITICS = ("per_agent", "team")
 
 
 class _CriticInput(nn.Module):
@@ -47,6 +54,30 @@ class _CriticInput(nn.Module):
 
     def forward(self, state_or_obs: Tensor, action: Tensor) -> Tensor:
         return self.critic(self.state(state_or_obs), action)
+
+
+def cases_objective(critic: CentralCritic, eye: Tensor, state: Tensor, live: Tensor, others: Tensor | None,
+                    reduce: bool, mean: Callable[[Tensor], Tensor]) -> Tensor:
+    """K-MADDPG's actor loss: case i scores agent i's ``live`` action ``[*batch, N, A]`` with the others at
+    ``others``, one critic pass over the N cases; ``mean`` averages over the batch's (real) samples and the cases.
+
+    Per-agent critic: ``−mean_i Q_i(case i)``. Team critic: the gradient of ``−Σ_i Q(case i)`` valued as its mean, and
+    with ``others`` None (level 1) the joint ``−Q(s, live)``, which has that gradient. Not ``reduce``: the
+    ``[*batch, N(case)]`` values ``−Q(case i)``.
+    """
+    if others is None:
+        if critic.per_agent or not reduce:
+            raise ValueError("the joint objective (others=None) needs the team critic and reduce=True")
+        return -mean(critic.team(state, live))
+    joint = torch.where(eye, live.unsqueeze(-3), others.unsqueeze(-3))
+    q = critic.cases(state, joint)  # [*batch, N(case), 1]
+    if not reduce:
+        return -q.squeeze(-1)
+    value = -mean(q)
+    if critic.per_agent:
+        return value
+    total = critic.n_agents * value
+    return total - (total - value).detach()
 
 
 class Maddpg(Algorithm):
@@ -70,7 +101,8 @@ class Maddpg(Algorithm):
         )
         self.actor = TensorDictModule(actor_net, in_keys=[OBS], out_keys=[ACTION])
         self.state_key = "state" if info.state_dim is not None else OBS
-        critic = CentralCritic(n, info.critic_state_dim, info.action_dim, model.critic_hidden, model.activation)
+        critic = CentralCritic(n, info.critic_state_dim, info.action_dim, model.critic_hidden, model.activation,
+                               per_agent=cfg.critic == "per_agent")
         self.critic_input = _CriticInput(critic, from_obs=info.state_dim is None)
         self.critic = TensorDictModule(self.critic_input, in_keys=[self.state_key, ACTION],
                                        out_keys=[(GROUP, "state_action_value")])
@@ -107,16 +139,20 @@ class Maddpg(Algorithm):
     def live_forward(self, td: TensorDictBase) -> Tensor:
         return self.actor.module(td.get(OBS))
 
-    def level_outputs(self, td: TensorDictBase, level: int, live: Tensor | None = None) -> Tensor:
-        return live.detach() if level == 0 and live is not None else self.actor.module(td.get(OBS))
+    def level_outputs(self, td: TensorDictBase, level: int, live: Tensor | None = None) -> Tensor | None:
+        if level == 0:  # the current actor's actions (the team critic's level 1 takes the joint objective)
+            if self.cfg.critic == "team":
+                return None
+            if live is not None:
+                return live.detach()
+        return self.actor.module(td.get(OBS))
 
-    def actor_loss(self, td: TensorDictBase, others: Tensor, reduce: bool = True, *,
+    def actor_loss(self, td: TensorDictBase, others: Tensor | None, reduce: bool = True, *,
                    live: Tensor | None = None) -> Tensor:
         """``-Q_i(s, a_i live, a_-i = others)`` averaged over batch and agents (``[..., N]`` if not ``reduce``)."""
         live = self.live_forward(td) if live is None else live
-        joint = torch.where(self.eye, live.unsqueeze(-3), others.unsqueeze(-3))
-        q = self.critic_input.critic.cases(self.critic_input.state(td.get(self.state_key)), joint)
-        return -q.mean() if reduce else -q.squeeze(-1)
+        state = self.critic_input.state(td.get(self.state_key))
+        return cases_objective(self.critic_input.critic, self.eye, state, live, others, reduce, Tensor.mean)
 
     def update_targets(self) -> None:
         self.target_updater.step()
@@ -132,7 +168,7 @@ class DiscreteMaddpg(DiscreteActorCritic, Maddpg):
         Algorithm.__init__(self, cfg, info, model)
         self.init_actor(cfg, info, model)
         self.critic = CentralCritic(info.n_agents, info.critic_state_dim, info.action_dim, model.critic_hidden,
-                                    model.activation)
+                                    model.activation, per_agent=cfg.critic == "per_agent")
         self.target_critic = deepcopy(self.critic).requires_grad_(False)
 
     def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
@@ -156,16 +192,20 @@ class DiscreteMaddpg(DiscreteActorCritic, Maddpg):
     def live_forward(self, td: TensorDictBase) -> Tensor:
         return self.live_actions(td)
 
-    def level_outputs(self, td: TensorDictBase, level: int, live: Tensor | None = None) -> Tensor:
-        return live.detach() if level == 0 and live is not None else self.live_actions(td)
+    def level_outputs(self, td: TensorDictBase, level: int, live: Tensor | None = None) -> Tensor | None:
+        if level == 0:
+            if self.cfg.critic == "team":
+                return None
+            if live is not None:
+                return live.detach()
+        return self.live_actions(td)
 
-    def actor_loss(self, td: TensorDictBase, others: Tensor, reduce: bool = True, *,
+    def actor_loss(self, td: TensorDictBase, others: Tensor | None, reduce: bool = True, *,
                    live: Tensor | None = None) -> Tensor:
         """``-Q_i(s, a_i live, a_-i = others)`` over the real steps and agents (``[*batch, N]`` if not ``reduce``)."""
         live = self.live_forward(td) if live is None else live
-        joint = torch.where(self.eye, live.unsqueeze(-3), others.unsqueeze(-3))
-        q = self.critic.cases(self.state(td), joint)  # [*batch, N(case), 1]
-        return -self.step_mean(q, td) if reduce else -q.squeeze(-1)
+        return cases_objective(self.critic, self.eye, self.state(td), live, others, reduce,
+                               lambda x: self.step_mean(x, td))
 
 
 Maddpg.discrete_variant = DiscreteMaddpg
@@ -175,6 +215,9 @@ class MaddpgConfig(DiscreteActionsConfig):
     """MADDPG / K-MADDPG hyper-parameters (Appendix E.2 where the paper gives them)."""
 
     name: str = "maddpg"
+    critic: str = "per_agent"
+    """per_agent: Q_i(s, a, i) with an agent-id input, one row per agent and sample (per-agent rewards); team: one
+    Q(s, a) per sample that every agent shares (BenchMARL's shared centralised critic; for shared rewards)."""
     tau: float = 0.005
     """Polyak averaging rate of the target actor and critic."""
     noise_sigma: float = 0.1
@@ -184,3 +227,5 @@ class MaddpgConfig(DiscreteActionsConfig):
         yield from super().problems()
         if self.noise_sigma < 0:
             yield "noise_sigma", "a number >= 0", self.noise_sigma
+        if self.critic not in CRITICS:
+            yield "critic", f"one of {', '.join(CRITICS)}", self.critic
