@@ -131,7 +131,9 @@ def shared_graph(params: Sequence[Tensor]) -> Iterator[None]:
     storages = {_storage(p) for p in params} - {None}
 
     def pack(t: Tensor) -> Tensor:
-        return t.clone() if _storage(t) in storages else t
+        # detached, never ``t`` itself: a saved output that keeps its own grad_fn would be a reference cycle through
+        # the C++ graph, which Python's garbage collector cannot free
+        return t.clone() if _storage(t) in storages else t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield

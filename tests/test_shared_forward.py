@@ -143,3 +143,21 @@ def test_shared_graph_survives_in_place_parameter_changes():
         net[2].weight.mul_(2.0)  # saved by the last layer for the gradient of its input
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         plain.backward()
+
+
+def test_shared_graph_frees_its_tensors():
+    """Nothing recorded inside the context outlives the graph: a saved output (tanh saves its own) must not keep
+    its grad_fn alive through the saved copy, a reference cycle through C++ that garbage collection cannot free
+    (it held a whole replay buffer per run)."""
+    import gc
+    import weakref
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    hidden = []
+    net[1].register_forward_hook(lambda _m, _inputs, out: hidden.append(weakref.ref(out)))
+    with shared_graph(list(net.parameters())):
+        loss = net(torch.randn(5, 3)).sum()
+    loss.backward(retain_graph=True)
+    del loss
+    gc.collect()
+    assert hidden[0]() is None
