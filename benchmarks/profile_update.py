@@ -111,11 +111,13 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--rows", type=int, default=15, help="operator rows printed per K")
+    parser.add_argument("--frames", type=int, default=None, help="frames trained before profiling (default: per "
+                        "setting)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {k: profile_k(args.setting, k, args.updates, args.warmup, FRAMES[args.setting], Path(tmp))
-                   for k in args.ks}
+        frames = args.frames or FRAMES[args.setting]
+        results = {k: profile_k(args.setting, k, args.updates, args.warmup, frames, Path(tmp)) for k in args.ks}
     markdown = report(args.setting, results, args.rows)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"profile_{args.setting}.md").write_text(markdown)
