@@ -238,6 +238,7 @@ class KPGModule(LightningModule):
                 live = alg.live_forward(td)
             if k > 1:
                 backward = partial(self.manual_backward, retain_graph=True)
+            self._sync()
         shared_s = time.perf_counter() - start
         step = partial(gradient_step, actor_opt, backward=backward, clip_grad_norm=alg.cfg.grad_clip,
                        params=actor_params, name="actor loss")
