@@ -140,12 +140,11 @@ class Maddpg(Algorithm):
         return self.actor.module(td.get(OBS))
 
     def level_outputs(self, td: TensorDictBase, level: int, live: Tensor | None = None) -> Tensor | None:
-        if level == 0:  # the current actor's actions (the team critic's level 1 takes the joint objective)
-            if self.cfg.critic == "team":
-                return None
-            if live is not None:
-                return live.detach()
-        return self.actor.module(td.get(OBS))
+        """The level-``level`` actions; level 0: the live ones (none for the team critic: level 1 then takes the
+        joint objective)."""
+        if level == 0 and self.cfg.critic == "team":
+            return None
+        return live.detach() if level == 0 and live is not None else self.live_forward(td)
 
     def actor_loss(self, td: TensorDictBase, others: Tensor | None, reduce: bool = True, *,
                    live: Tensor | None = None) -> Tensor:
@@ -190,14 +189,6 @@ class DiscreteMaddpg(DiscreteActorCritic, Maddpg):
         return loss, {"q_mean": self.step_mean(q.detach(), td), "target_mean": self.step_mean(target, td)}
 
     def live_forward(self, td: TensorDictBase) -> Tensor:
-        return self.live_actions(td)
-
-    def level_outputs(self, td: TensorDictBase, level: int, live: Tensor | None = None) -> Tensor | None:
-        if level == 0:
-            if self.cfg.critic == "team":
-                return None
-            if live is not None:
-                return live.detach()
         return self.live_actions(td)
 
     def actor_loss(self, td: TensorDictBase, others: Tensor | None, reduce: bool = True, *,
