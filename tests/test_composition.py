@@ -1,0 +1,48 @@
+"""What users run stays what it was: every ``+experiment=`` name composes to the configuration it composed before
+the configuration was restructured, and the default run gives the same numbers.
+
+Fixtures were captured from commit 44723d8 (before defaults moved to one home and experiments became
+compositions): ``experiment_configs.json`` holds ``OmegaConf.to_container(compose([f"+experiment={name}"]),
+resolve=False)`` for every experiment ("" is the default run); ``default_run_summary.json`` the numbers of
+``python -m kpg_lightning.train seed=0 max_frames=6000`` (one torch thread, as ``run_train`` runs it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import compose, needs_vmas, run_train
+from omegaconf import OmegaConf
+
+FIXTURES = Path(__file__).parent / "fixtures"
+BEFORE = json.loads((FIXTURES / "experiment_configs.json").read_text())
+CONF = Path(__file__).parents[1] / "conf"
+
+
+def composed(name: str) -> dict:
+    return json.loads(json.dumps(OmegaConf.to_container(compose([f"+experiment={name}"] if name else []),
+                                                        resolve=False), sort_keys=True, default=str))
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE), ids=lambda n: n or "default")
+def test_experiment_composes_as_before(name):
+    assert composed(name) == BEFORE[name]
+
+
+def test_every_experiment_has_a_fixture():
+    assert sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")) == sorted(n for n in BEFORE if n)
+
+
+NUMBERS = ("frames", "train_steps", "iterations", "eval_return_mean", "eval_return_history", "kpg")
+
+
+@needs_vmas
+def test_default_run_gives_the_same_numbers(tmp_path):
+    result = run_train(tmp_path / "run", "seed=0", "max_frames=6000", "trainer.enable_progress_bar=false",
+                       "logger.tensorboard=null")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    expected = json.loads((FIXTURES / "default_run_summary.json").read_text())
+    assert {key: summary[key] for key in NUMBERS} == {key: expected[key] for key in NUMBERS}
