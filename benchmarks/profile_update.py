@@ -45,7 +45,7 @@ class ProfileUpdates(Callback):
         import torch
         from torch.profiler import ProfilerActivity, profile
 
-        batches = [pl_module.replay.sample() for _ in range(self.warmup + 2 * self.updates)]
+        batches = [pl_module.experience.replay.sample() for _ in range(self.warmup + 2 * self.updates)]
         for td in batches[:self.warmup]:
             pl_module.update(td)
         seconds = []

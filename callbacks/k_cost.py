@@ -16,7 +16,7 @@ class KCostCallback(Callback):
 
     Phases: ``collect`` (environment frames), ``critic`` (critic/mixer steps), ``level_k`` (the k-th actor level,
     including the outputs it hands the next level) and ``rest`` (replay, targets, logging, weight sync).
-    On a GPU the module synchronizes around each phase while this callback is attached.
+    Reads the module's per-step record (on a GPU the module synchronizes around each phase: ``time_levels``).
     """
 
     def __init__(self) -> None:
@@ -24,15 +24,12 @@ class KCostCallback(Callback):
         self.steps = 0
         self._start = 0.0
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        pl_module.profile_levels = True
-
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        phases = dict(pl_module.timing)
+        phases = dict(pl_module.record.timing)
         step = phases.get("collect", 0.0) + time.perf_counter() - self._start
         phases["rest"] = max(0.0, step - sum(phases.values()))
         phases["step"] = step

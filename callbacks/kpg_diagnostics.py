@@ -43,7 +43,7 @@ class KPGDiagnostics(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        means = mean_level_stats(pl_module.step_stats)
+        means = mean_level_stats(pl_module.record.levels)
         for key, value in means.items():
             self.totals[key] += value
             self.counts[key] += 1

@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
-__all__ = ["KLevelStats", "OptimizerSnapshot", "gradient_step", "k_level_step", "shared_graph"]
+__all__ = ["KLevelStats", "LevelAlgorithm", "NonFiniteError", "OptimizerSnapshot", "StepRecord", "actor_k_level_step",
+           "frozen", "gradient_step", "k_level_step", "make_actor_optimizer", "shared_graph"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -58,6 +60,24 @@ class KLevelStats:
         """Ratios ‖θ⁽ᵏ⁺¹⁾ − θ⁽ᵏ⁾‖ / ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖ between consecutive levels."""
         d = self.level_delta
         return [d[i + 1] / d[i] if d[i] > 0 else float("nan") for i in range(len(d) - 1)]
+
+
+@dataclass
+class StepRecord:
+    """What one training step did, for callbacks to read: wall-clock per phase (``collect``, ``critic``,
+    ``level_<k>``), each K-level update's :class:`KLevelStats`, and the step's mean losses."""
+
+    timing: dict[str, float] = field(default_factory=dict)
+    levels: list[KLevelStats] = field(default_factory=list)
+    losses: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, phase: str, seconds: float) -> None:
+        self.timing[phase] = self.timing.get(phase, 0.0) + seconds
+
+    def add_levels(self, stats: KLevelStats) -> None:
+        self.levels.append(stats)
+        for level, seconds in enumerate(stats.level_time_s, start=1):
+            self.add_time(f"level_{level}", seconds)
 
 
 class OptimizerSnapshot:
@@ -233,3 +253,83 @@ def gradient_step(
         raise NonFiniteError(f"gradient of {name} is not finite")
     optimizer.step()
     return loss.detach()
+
+
+def make_actor_optimizer(name: str, k: int, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """``auto``: RMSProp for K > 1 (Adam's momentum carries old gradients across levels), Adam for K = 1.
+
+    Multi-tensor (``foreach``) implementations: one kernel launch per operation over all parameters, and the same
+    numbers as the per-parameter loop."""
+    if name == "auto":
+        name = "rmsprop" if k > 1 else "adam"
+    optimizers = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    return optimizers[name](params, lr=lr, foreach=True)
+
+
+@contextmanager
+def frozen(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Parameters out of the autograd graph for a while (``requires_grad`` restored afterwards)."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+class LevelAlgorithm(Protocol):
+    """What :func:`actor_k_level_step` needs of an algorithm (``kpg_lightning.algorithms.base.Algorithm``)."""
+
+    shares_live_forward: ClassVar[bool]
+
+    def live_forward(self, td: Any) -> Any: ...
+
+    def level_outputs(self, td: Any, level: int, live: Any = None) -> Any: ...
+
+    def actor_update(self, td: Any, others: Any, step: Callable[[Tensor], Tensor], live: Any = None) -> Tensor: ...
+
+
+def actor_k_level_step(
+    algorithm: LevelAlgorithm,
+    td: Any,
+    optimizer: Any,
+    k: int,
+    *,
+    params: Sequence[Tensor],
+    backward: Callable[..., None] | None = None,
+    clip_grad_norm: float | None = None,
+    adaptive_tol: float | None = None,
+    synchronize: Callable[[], None] | None = None,
+    on_level: Callable[[int, Sequence[Tensor]], None] | None = None,
+) -> KLevelStats:
+    """One K-level actor update of ``algorithm`` on the batch ``td`` (:func:`k_level_step` with the algorithm's
+    ``actor_update`` and ``level_outputs``, each optimizer step a :func:`gradient_step`).
+
+    Where the algorithm :attr:`~LevelAlgorithm.shares_live_forward`, its live forward runs once, recorded with
+    :func:`shared_graph` when K > 1, and every level backpropagates through that graph (``retain_graph``); the
+    forward's time counts towards level 1. ``backward`` (default ``Tensor.backward``) takes keyword arguments as
+    ``Tensor.backward`` does (Lightning's ``manual_backward``).
+    """
+    backward = backward or Tensor.backward
+    sync = synchronize or (lambda: None)
+    start = time.perf_counter()
+    live = None
+    if algorithm.shares_live_forward:
+        with shared_graph(params) if k > 1 else nullcontext():
+            live = algorithm.live_forward(td)
+        if k > 1:
+            backward = partial(backward, retain_graph=True)
+        sync()
+    shared_s = time.perf_counter() - start
+    step = partial(gradient_step, optimizer, backward=backward, clip_grad_norm=clip_grad_norm, params=params,
+                   name="actor loss")
+    stats = k_level_step(
+        optimizer, k,
+        level_update=lambda others: algorithm.actor_update(td, others, step, live),
+        level_outputs=lambda level: algorithm.level_outputs(td, level, live),
+        params=params, adaptive_tol=adaptive_tol, synchronize=synchronize, on_level=on_level,
+    )
+    stats.level_time_s[0] += shared_s
+    return stats

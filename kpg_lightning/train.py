@@ -35,6 +35,7 @@ from kpg_lightning.config import ConfigError, register_configs, validate
 from kpg_lightning.data import make_replay_buffer
 from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.envs.registry import env_family, make_env, task_name
+from kpg_lightning.experience import Experience
 from kpg_lightning.kpg import NonFiniteError
 from kpg_lightning.module import KPGModule
 
@@ -73,7 +74,7 @@ def collection_seed(seed: int, rank: int, start_frames: int) -> int:
 def global_rank() -> int:
     """This process's rank before the trainer exists (torchrun/SLURM set RANK; Lightning's launcher LOCAL_RANK).
 
-    Only seeds the replay buffer's sampling generator; collection seeds use the trainer's own ``global_rank``."""
+    Only seeds the replay buffer's sampling generator; collection seeds use the rank the trainer reports."""
     for key in ("RANK", "SLURM_PROCID"):
         if key in os.environ:
             return int(os.environ[key])
@@ -131,23 +132,27 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     for target in (env, eval_env):
         for transform in algorithm.env_transforms():
             target.append_transform(transform)
-    rank = global_rank()
-    replay = None if algorithm.on_policy else make_replay_buffer(cfg.buffer.size, cfg.buffer.batch_size,
-                                                                 seed=collection_seed(cfg.seed, rank, -1))
+    replay = None if algorithm.on_policy else make_replay_buffer(
+        cfg.buffer.size, cfg.buffer.batch_size, seed=collection_seed(cfg.seed, global_rank(), -1))
 
-    def make_collector(total_frames: int, init_random_frames: int, start_frames: int) -> Collector:
-        env.set_seed(collection_seed(cfg.seed, module.global_rank, start_frames))  # the launcher's true rank
+    def make_collector(total_frames: int, init_random_frames: int, start_frames: int, rank: int,
+                       device: torch.device) -> Collector:
+        env.set_seed(collection_seed(cfg.seed, rank, start_frames))
         per_batch = cfg.collector.frames_per_batch
         return Collector(env, algorithm.policy(), frames_per_batch=per_batch,
                          total_frames=-(-total_frames // per_batch) * per_batch, init_random_frames=init_random_frames,
-                         storing_device="cpu", policy_device=module.device,
-                         auto_register_policy_transforms=False)
+                         storing_device="cpu", policy_device=device, auto_register_policy_transforms=False)
 
-    module = KPGModule(algorithm, OmegaConf.to_object(cfg.kpg), OmegaConf.to_object(cfg.buffer), replay,
-                       make_collector, cfg.max_frames, cfg.collector.init_random_frames,
-                       segment_frames=cfg.checkpoint.every_frames, on_nonfinite=cfg.on_nonfinite,
-                       config=OmegaConf.to_container(cfg, resolve=True),
-                       episode_length=episode_length(cfg, env) if algorithm.replay_unit == "episodes" else None)
+    episodic = replay is not None and algorithm.replay_unit == "episodes"
+    experience = Experience(make_collector, cfg.max_frames, replay=replay,
+                            updates_per_batch=cfg.buffer.updates_per_batch, batch_size=cfg.buffer.batch_size,
+                            learning_starts=cfg.buffer.learning_starts,
+                            init_random_frames=cfg.collector.init_random_frames,
+                            segment_frames=cfg.checkpoint.every_frames,
+                            episode_length=episode_length(cfg, env) if episodic else None,
+                            exclude=tuple(algorithm.replay_exclude))
+    module = KPGModule(algorithm, OmegaConf.to_object(cfg.kpg), experience, on_nonfinite=cfg.on_nonfinite,
+                       config=OmegaConf.to_container(cfg, resolve=True))
     module.resume_dir = checkpoint
     k_cost = KCostCallback()
     evaluation = EvaluationCallback(eval_env, cfg.eval.episodes, cfg.eval.every_frames,

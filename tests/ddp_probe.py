@@ -27,7 +27,7 @@ class LevelProbe(Callback):
         self.batches: list[str] = []
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        pl_module.level_hook = lambda level, params: self.levels.append(
+        pl_module.on_level = lambda level, params: self.levels.append(
             [pl_module.iterations, level, _digest(list(params))])
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:

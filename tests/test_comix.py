@@ -13,7 +13,7 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from kpg_lightning.algorithms.comix import Comix, ComixConfig, cem_maximize
-from kpg_lightning.config import BufferConfig, ConfigError, KPGConfig, validate
+from kpg_lightning.config import ConfigError, KPGConfig, validate
 from kpg_lightning.envs.info import EnvInfo
 from kpg_lightning.models import ModelConfig
 from kpg_lightning.module import KPGModule
@@ -163,7 +163,7 @@ def _random_info() -> EnvInfo:
 def test_polyak_targets_and_the_module_update():
     """One Adam over critic + mixer; an update moves them, then the targets by τ toward them (lerp)."""
     alg = _small_comix(_random_info(), tau=0.05)
-    module = KPGModule(alg, KPGConfig(k=1), BufferConfig(), None, make_collector=None, max_frames=1)
+    module = KPGModule(alg, KPGConfig(k=1))
     (opt,) = module.configure_optimizers()
     assert isinstance(opt, torch.optim.Adam)
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in alg.critic_parameters()}

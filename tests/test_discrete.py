@@ -25,7 +25,7 @@ from kpg_lightning.algorithms.discrete import (
 )
 from kpg_lightning.algorithms.facmac import DiscreteFacmac, Facmac, FacmacConfig
 from kpg_lightning.algorithms.maddpg import DiscreteMaddpg, Maddpg, MaddpgConfig
-from kpg_lightning.config import BufferConfig, KPGConfig, validate
+from kpg_lightning.config import KPGConfig, validate
 from kpg_lightning.data import EpisodeAssembler
 from kpg_lightning.envs.info import EnvInfo
 from kpg_lightning.kpg import gradient_step, k_level_step
@@ -70,8 +70,7 @@ def episodes(smax):
 
 
 def module_for(alg, k: int, actor_optimizer: str = "auto") -> tuple[KPGModule, list[torch.optim.Optimizer]]:
-    module = KPGModule(alg, KPGConfig(k=k, actor_optimizer=actor_optimizer), BufferConfig(), None,
-                       make_collector=None, max_frames=1, episode_length=100)
+    module = KPGModule(alg, KPGConfig(k=k, actor_optimizer=actor_optimizer))
     optimizers = module.configure_optimizers()
     module.optimizers = lambda: optimizers
     module.manual_backward = lambda loss, **kwargs: loss.backward(**kwargs)

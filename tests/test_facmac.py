@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import compose, run_train
 
 from kpg_lightning.algorithms.facmac import Facmac, FacmacConfig, LevelActions, action_penalty
-from kpg_lightning.config import BufferConfig, KPGConfig
+from kpg_lightning.config import KPGConfig
 from kpg_lightning.envs.info import EnvInfo
 from kpg_lightning.mixers import HyperQMixer, make_mixer, mix
 from kpg_lightning.models import ModelConfig
@@ -74,7 +74,7 @@ def test_k1_k_facmac_is_plain_facmac_bit_for_bit():
     """Through the LightningModule's update with K=1 (Adam): every parameter and optimizer state is FACMAC's."""
     alg, td = _setup()
     reference = copy.deepcopy(alg)
-    module = KPGModule(alg, KPGConfig(k=1), BufferConfig(), None, make_collector=None, max_frames=1)
+    module = KPGModule(alg, KPGConfig(k=1))
     actor_opt, critic_opt = module.configure_optimizers()
     assert isinstance(actor_opt, torch.optim.Adam)
     module.optimizers = lambda: (actor_opt, critic_opt)

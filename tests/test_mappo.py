@@ -15,7 +15,7 @@ from torchrl.envs import Compose, EnvBase, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from kpg_lightning.algorithms.mappo import ACTION, ADV, LOGP, MASK, OBS, TARGET, VALUE, IppoConfig, Mappo, MappoConfig
-from kpg_lightning.config import BufferConfig, KPGConfig
+from kpg_lightning.config import KPGConfig
 from kpg_lightning.envs.info import EnvInfo
 from kpg_lightning.models import AgentGRU, ModelConfig
 from kpg_lightning.module import KPGModule, make_actor_optimizer
@@ -57,8 +57,7 @@ def rollout(alg: Mappo, env: EnvBase, steps: int = 40) -> TensorDict:
 
 def engine_update(alg: Mappo, td: TensorDict, k: int, scope: str = "update") -> tuple[KPGModule, list]:
     """One update through the real ``KPGModule.update`` (process batch → critic → K-level engine)."""
-    module = KPGModule(alg, KPGConfig(k=k, actor_optimizer="adam", scope=scope), BufferConfig(), None,
-                       lambda *args: None, max_frames=10**6)
+    module = KPGModule(alg, KPGConfig(k=k, actor_optimizer="adam", scope=scope))
     optimizers = (make_actor_optimizer("adam", k, alg.actor_parameters(), alg.cfg.actor_lr),
                   torch.optim.Adam(alg.critic_parameters(), lr=alg.cfg.critic_lr))
     module.optimizers = lambda: optimizers
@@ -234,7 +233,7 @@ def test_scopes_update_and_step_both_run_and_differ(smax):
         twin = copy.deepcopy(alg)
         torch.manual_seed(1)
         module, _ = engine_update(twin, td.clone(), k=2, scope=scope)
-        results[scope] = (twin, module.step_stats)
+        results[scope] = (twin, module.record.levels)
     assert len(results["update"][1]) == 1  # one recursion around epochs x minibatches
     assert len(results["step"][1]) == alg.cfg.epochs * alg.cfg.minibatches  # one per gradient step
     for _, stats in results.values():
@@ -272,7 +271,7 @@ def test_continuous_k_mappo_on_vmas(vmas):
     torch.testing.assert_close(alg.log_prob(td), alg.level_outputs(td, 0), atol=1e-4, rtol=1e-4)
     before = [p.clone() for p in alg.actor_parameters()]
     module, _ = engine_update(alg, td, k=2)
-    assert module.step_stats[0].levels_run == 2 and all(map(math.isfinite, module.step_stats[0].objective))
+    assert module.record.levels[0].levels_run == 2 and all(map(math.isfinite, module.record.levels[0].objective))
     assert any(not torch.equal(a, b) for a, b in zip(before, alg.actor_parameters(), strict=True))
 
 

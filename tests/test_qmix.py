@@ -14,7 +14,7 @@ from torchrl.envs import Compose, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from kpg_lightning.algorithms.qmix import ACTION, MASK, OBS, QVALUE, IqlConfig, Qmix, QmixConfig, VdnConfig
-from kpg_lightning.config import BufferConfig, ConfigError, KPGConfig, validate
+from kpg_lightning.config import ConfigError, KPGConfig, validate
 from kpg_lightning.data import EpisodeAssembler
 from kpg_lightning.envs.info import EnvInfo
 from kpg_lightning.models import ModelConfig
@@ -179,8 +179,7 @@ def test_padded_steps_change_nothing(cfg_class):
 def test_hard_target_copy_after_exactly_the_interval():
     """Through the module's value-based update (critic step, then ``update_targets``), interval 3."""
     alg = build(VdnConfig, target_update_interval=3, critic_lr=1e-2)
-    module = KPGModule(alg, KPGConfig(k=1), BufferConfig(), None, lambda *args: None, max_frames=10**6,
-                       episode_length=T)
+    module = KPGModule(alg, KPGConfig(k=1))
     optimizer = torch.optim.Adam(alg.critic_parameters(), lr=alg.cfg.critic_lr)
     module.optimizers = lambda: optimizer
     module.manual_backward = lambda loss, **kwargs: loss.backward(**kwargs)

@@ -12,7 +12,7 @@ from conftest import needs_vmas
 
 from kpg_lightning.algorithms.facmac import Facmac, FacmacConfig
 from kpg_lightning.algorithms.maddpg import Maddpg, MaddpgConfig
-from kpg_lightning.config import BufferConfig, KPGConfig
+from kpg_lightning.config import KPGConfig
 from kpg_lightning.envs.info import EnvInfo
 from kpg_lightning.kpg import gradient_step, k_level_step, shared_graph
 from kpg_lightning.models import ModelConfig
@@ -23,9 +23,8 @@ needs_mamujoco = pytest.mark.skipif(importlib.util.find_spec("gymnasium_robotics
 needs_smax = pytest.mark.skipif(importlib.util.find_spec("jaxmarl") is None, reason="jaxmarl not installed")
 
 
-def _module(alg, k: int, episode_length: int | None = None) -> tuple[KPGModule, torch.optim.Optimizer]:
-    module = KPGModule(alg, KPGConfig(k=k), BufferConfig(), None, make_collector=None, max_frames=1,
-                       episode_length=episode_length)
+def _module(alg, k: int) -> tuple[KPGModule, torch.optim.Optimizer]:
+    module = KPGModule(alg, KPGConfig(k=k))
     actor_opt, critic_opt = module.configure_optimizers()
     module.optimizers = lambda: (actor_opt, critic_opt)
     module.manual_backward = lambda loss, **kwargs: loss.backward(**kwargs)
@@ -51,11 +50,11 @@ def _count_actor_forwards(alg) -> list[int]:
     return calls
 
 
-def _assert_same_levels(alg, td, k: int, episode_length: int | None = None, updates: int = 2) -> None:
+def _assert_same_levels(alg, td, k: int, updates: int = 2) -> None:
     """Through the module's K-level step and from scratch: bitwise the same actor, optimizer state and objectives,
     over ``updates`` consecutive updates (the second starts from a warm RMSProp state)."""
     reference = copy.deepcopy(alg)
-    module, opt = _module(alg, k, episode_length)
+    module, opt = _module(alg, k)
     ref_opt = torch.optim.RMSprop(reference.actor_parameters(), lr=alg.cfg.actor_lr, foreach=True)
     assert isinstance(opt, torch.optim.RMSprop)
     forwards = _count_actor_forwards(alg)
@@ -122,7 +121,7 @@ def test_discrete_levels_are_unchanged_by_the_shared_forward(smax, algorithm, re
         td = env.rollout(100, alg.policy(), break_when_any_done=False)
     td = EpisodeAssembler(100).add(td) if recurrent else td.reshape(-1)
     td = alg.process_batch(td)  # draws the update's Gumbel noise
-    _assert_same_levels(alg, td, k=2 if recurrent else 3, episode_length=100 if recurrent else None)
+    _assert_same_levels(alg, td, k=2 if recurrent else 3)
 
 
 def test_shared_graph_survives_in_place_parameter_changes():
