@@ -4,6 +4,9 @@ Group schemas: ``kpg``, ``collector``, ``buffer``, ``eval``, ``checkpoint``, ``m
 each environment family's config lives beside its code and is registered by :func:`register_configs`. The
 ``trainer`` group mirrors every argument of Lightning's ``Trainer`` (generated from its signature), so any of them
 can be overridden as ``trainer.<arg>=...``. Sizes derived from the environment are never written back here.
+
+Every default lives in its schema dataclass, written once; the yamls under ``conf/`` select group options, explain
+them and hold no values (experiments excepted: they are patches with deliberate deviations).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class BufferConfig:
     size: int = 1_000_000
     """Replay capacity (off-policy algorithms) in the algorithm's replay unit: frames, or episodes for recurrent
     off-policy algorithms (QMIX/VDN/IQL, recurrent FACMAC/MADDPG; Appendix E.2: 5000 episodes)."""
-    batch_size: int = 128
+    batch_size: int = 256
     """Items sampled per gradient update: frames, or whole episodes (Appendix E.2: 32)."""
     updates_per_batch: int = 10
     """Gradient updates (critic step + K-level actor step) per collected batch."""
@@ -87,16 +90,32 @@ class CheckpointConfig:
     """Complete checkpoints kept (older ones are deleted once a newer one is sealed)."""
 
 
-_TRAINER_SKIP = {"logger", "callbacks"}
+_TRAINER_SKIP = {"logger", "callbacks"}  # built from the ``logger`` and ``callbacks`` groups
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "accelerator": "cpu",  # the default run is a CPU run: trainer.accelerator=gpu for a GPU
+    "devices": 1,
+    "max_epochs": -1,  # budgets are frames (max_frames): the module stops the trainer when they are reached
+    "num_sanity_val_steps": 0,  # no validation loop: evaluation is a callback
+    "log_every_n_steps": 1,
+    "enable_checkpointing": True,  # frame-based checkpoints (the checkpoint group); false disables them
+    "default_root_dir": "${hydra:runtime.output_dir}",  # the run directory
+}
+"""The project's defaults of the ``Trainer`` arguments that differ from Lightning's; every other argument keeps
+Lightning's default."""
 
 
 def _trainer_config() -> type:
-    """A dataclass with every ``lightning.pytorch.Trainer`` argument and its default."""
+    """A dataclass with every ``lightning.pytorch.Trainer`` argument and its default (Lightning's, or this project's
+    from :data:`TRAINER_DEFAULTS`)."""
     from lightning.pytorch import Trainer
 
-    fields = [(name, Any, field(default=p.default))
-              for name, p in inspect.signature(Trainer.__init__).parameters.items()
-              if name != "self" and name not in _TRAINER_SKIP]
+    parameters = inspect.signature(Trainer.__init__).parameters
+    unknown = set(TRAINER_DEFAULTS) - set(parameters)
+    if unknown:
+        raise TypeError(f"TRAINER_DEFAULTS: not Trainer arguments: {', '.join(sorted(unknown))}")
+    fields = [(name, Any, field(default=TRAINER_DEFAULTS.get(name, p.default)))
+              for name, p in parameters.items() if name != "self" and name not in _TRAINER_SKIP]
     return dataclasses.make_dataclass("TrainerConfig", fields)
 
 
@@ -105,9 +124,10 @@ TrainerConfig = _trainer_config()
 
 @dataclass
 class Config:
-    """Root of the configuration (``conf/config.yaml`` fills it)."""
+    """Root of the configuration; ``conf/config.yaml`` selects its group options."""
 
     seed: int = 0
+    """Random seed of the run; the environments' collection and evaluation seeds derive from it."""
     max_frames: int = 300_000
     """Training budget in environment frames."""
     resume: str | None = None

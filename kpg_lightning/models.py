@@ -19,11 +19,12 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "el
 
 @dataclass
 class ModelConfig:
-    """Network architecture (Appendix E.2: MLP 400-300 ReLU, shared parameters with agent ids)."""
+    """Network architecture: MLPs, by default shared by all agents with agent ids (the MaMuJoCo experiments set
+    Appendix E.2's 400-300 ReLU)."""
 
-    actor_hidden: list[int] = field(default_factory=lambda: [400, 300])
+    actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
     """Hidden layer sizes of the actor."""
-    critic_hidden: list[int] = field(default_factory=lambda: [400, 300])
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
     """Hidden layer sizes of the critic."""
     activation: str = "relu"
     """Hidden activation: relu, tanh, elu or gelu."""

@@ -173,7 +173,8 @@ class Comix(Algorithm):
 
 @dataclass
 class ComixConfig(AlgorithmConfig):
-    """COMIX hyper-parameters (Appendix E.2 MaMuJoCo settings; CEM as in FACMAC's COMIX)."""
+    """COMIX hyper-parameters (Appendix E.2 MaMuJoCo settings; CEM as in FACMAC's COMIX). There is no actor:
+    ``critic_lr`` is the one optimizer's (critic + mixer), ``actor_lr`` is unused."""
 
     name: str = "comix"
     grad_clip: float | None = 0.5

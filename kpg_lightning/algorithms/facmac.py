@@ -292,8 +292,8 @@ class FacmacConfig(DiscreteActionsConfig):
     mixer_init_scale: float | None = None
     """Orthogonal init gain of the qmix mixer's layers (zero biases; JaxMARL on SMAX: 0.001); null: PyTorch's."""
     action_penalty: float = 1e-3
-    """Coefficient of the actor's penalty: mean(pre_tanh²) for continuous actions, mean(logits²) for discrete
-    ones (FACMAC's discrete learner), so the actor's outputs stay bounded."""
+    """Coefficient of the actor's penalty: mean(pre_tanh²) over the real action dimensions for continuous actions,
+    mean(logits²) for discrete ones (FACMAC's discrete learner), so the actor's outputs stay bounded."""
 
     def problems(self) -> Iterator[tuple[str, str, Any]]:
         yield from super().problems()

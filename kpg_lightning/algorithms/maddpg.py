@@ -206,6 +206,7 @@ class MaddpgConfig(DiscreteActionsConfig):
     """MADDPG / K-MADDPG hyper-parameters (Appendix E.2 where the paper gives them)."""
 
     name: str = "maddpg"
+    actor_lr: float = 3e-4
     critic: str = "per_agent"
     """per_agent: Q_i(s, a, i) with an agent-id input, one row per agent and sample (per-agent rewards); team: one
     Q(s, a) per sample that every agent shares (BenchMARL's shared centralised critic; for shared rewards)."""

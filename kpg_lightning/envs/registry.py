@@ -40,6 +40,7 @@ class VmasConfig:
     max_steps: int = 100
     """Episode length (a truncation)."""
     continuous_actions: bool = True
+    """Continuous actions; false: the scenario's discrete actions."""
     scenario_kwargs: dict[str, Any] = field(default_factory=dict)
     """Scenario keyword arguments, e.g. {n_agents: 4}."""
 
@@ -60,6 +61,7 @@ class MamujocoConfig:
     num_envs: int = 1
     """Environments stepped side by side (SerialEnv, or ParallelEnv with ``parallel``)."""
     parallel: bool = False
+    """Step the ``num_envs`` environments in worker processes (ParallelEnv) instead of one after another."""
 
 
 @dataclass
