@@ -39,6 +39,7 @@ from kpg_lightning.kpg import (
     gradient_step,
     make_actor_optimizer,
 )
+from kpg_lightning.metrics import log_at_frames, mean_over_ranks
 
 __all__ = ["KPGModule", "frozen", "make_actor_optimizer"]
 
@@ -88,7 +89,7 @@ class KPGModule(LightningModule):
 
     # -- data -------------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        return self.experience.loader(self.global_rank, self.world_size, self.device)
+        return self.experience.loader(self.global_rank, self.trainer.world_size, self.device)
 
     def on_train_start(self) -> None:
         if self.experience.finished:  # resumed from a finished run: nothing left to collect
@@ -180,10 +181,6 @@ class KPGModule(LightningModule):
             torch.cuda.synchronize(self.device)
 
     # -- logging ----------------------------------------------------------------------------------------------
-    @property
-    def world_size(self) -> int:
-        return self.trainer.world_size if self._trainer is not None else 1
-
     def _log_step(self) -> None:
         metrics = {f"train/{key}": value for key, value in self.record.losses.items()}
         last_return = self.experience.last_return
@@ -196,25 +193,12 @@ class KPGModule(LightningModule):
             self.log("return", last_return, prog_bar=True, logger=False, batch_size=1)
 
     def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Mean of each metric over data-parallel ranks (a metric missing on a rank is left out of its mean).
-
-        Collective: every rank calls it at the same point."""
-        if self.world_size == 1:
-            return metrics
-        import torch.distributed as dist
-
-        gathered: list[list[str] | None] = [None] * self.world_size
-        dist.all_gather_object(gathered, sorted(metrics))
-        keys = sorted(set().union(*gathered))
-        values = torch.tensor([[float(metrics.get(k, float("nan"))) for k in keys]], dtype=torch.float64)
-        values = self.trainer.strategy.all_gather(values.to(self.device)).reshape(self.world_size, len(keys))
-        return dict(zip(keys, values.nanmean(dim=0).tolist(), strict=True))
+        """Mean of each metric over data-parallel ranks. Collective."""
+        return mean_over_ranks(self, metrics)
 
     def log_frames(self, metrics: dict[str, float]) -> None:
         """Write metrics (averaged over ranks) to every logger with the frame count as the step. Collective."""
-        metrics = self.reduce_metrics(metrics)
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step=self.frames)
+        log_at_frames(self, metrics, self.frames)
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def check_finite_parameters(self) -> None:
