@@ -23,15 +23,12 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 
-__all__ = ["CheckpointError", "capture_rng", "find_checkpoint", "load_replay", "restore_rng", "save_replay",
-           "seal", "verify"]
+from kpg_lightning.errors import CheckpointError
+
+__all__ = ["capture_rng", "find_checkpoint", "load_replay", "restore_rng", "save_replay", "seal", "verify"]
 
 META = "meta.json"
 MODEL = "model.ckpt"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message says which and why."""
 
 
 def _sha256(path: Path) -> str:

@@ -36,12 +36,10 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["KLevelStats", "LevelAlgorithm", "NonFiniteError", "OptimizerSnapshot", "StepRecord", "actor_k_level_step",
-           "frozen", "gradient_step", "k_level_step", "make_actor_optimizer", "shared_graph"]
+from kpg_lightning.errors import NonFiniteError
 
-
-class NonFiniteError(FloatingPointError):
-    """A loss or gradient that is NaN or infinite; raised before the optimizer step, so parameters stay finite."""
+__all__ = ["KLevelStats", "LevelAlgorithm", "OptimizerSnapshot", "StepRecord", "actor_k_level_step", "frozen",
+           "gradient_step", "k_level_step", "make_actor_optimizer", "shared_graph"]
 
 
 @dataclass

@@ -49,10 +49,11 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
+from kpg_lightning.errors import ConfigError
 from kpg_lightning.kpg import KLevelStats, gradient_step, k_level_step
 
 __all__ = [
-    "GRAD_MAX", "NASH", "N_AGENTS", "OPTIMIZERS", "START", "ConfigError", "LevelUpdate", "Trajectory",
+    "GRAD_MAX", "NASH", "N_AGENTS", "OPTIMIZERS", "START", "LevelUpdate", "Trajectory",
     "actions", "distance_to_nash", "k_level_update", "lipschitz_constant", "make_optimizer", "one_update",
     "policy_gradient", "report", "returns", "theorem_bound", "trajectory", "validate",
 ]
@@ -227,10 +228,6 @@ def report(k: int, eta: float, theta: Sequence[float], steps: int, ks: Sequence[
     }
 
 
-class ConfigError(ValueError):
-    """A bad CLI value; its message is one line naming the key and what is allowed."""
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -240,7 +237,8 @@ def _is_number(value: Any) -> bool:
 
 
 def validate(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """Check the CLI config and return it as plain values; raise :class:`ConfigError` on a bad value."""
+    """Check the CLI config and return it as plain values; raise :class:`ConfigError` (one line naming the key and
+    what is allowed) on a bad value."""
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig | ListConfig) else dict(cfg)
     if not _is_int(c.get("k")) or c["k"] < 1:
         raise ConfigError(f"k must be an integer >= 1, got {c.get('k')!r}")
@@ -282,8 +280,8 @@ def write_outputs(result: dict[str, Any], out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     figures = {
-        "meetup_levels.png": meetup_plots.plot_levels(result["levels"]),
-        "meetup_paths.png": meetup_plots.plot_paths(result["theta"], result["trajectory"]),
+        "meetup_levels.png": meetup_plots.plot_levels(result["levels"], START),
+        "meetup_paths.png": meetup_plots.plot_paths(result["theta"], result["trajectory"], NASH, returns),
         "meetup_distance.png": meetup_plots.plot_distance(result["level_distance_to_nash"],
                                                           result["level_deltas"], result["bound"]),
     }

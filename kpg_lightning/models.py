@@ -1,9 +1,10 @@
-"""Networks shared by the algorithms: per-agent MLPs (shared with an agent id, or one per agent) and critics."""
+"""Networks shared by the algorithms: per-agent MLPs (shared with an agent id, or one per agent) and critics.
+
+Their settings' schema is :class:`kpg_lightning.config.ModelConfig`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -11,29 +12,9 @@ from torchrl.data import Unbounded
 from torchrl.envs import InitTracker, TensorDictPrimer, Transform
 from torchrl.modules import MLP, MultiAgentMLP
 
-__all__ = ["ACTIVATIONS", "AgentGRU", "AgentMLP", "CentralCritic", "ModelConfig", "ScaledTanh",
-           "recurrent_transforms"]
+__all__ = ["ACTIVATIONS", "AgentGRU", "AgentMLP", "CentralCritic", "ScaledTanh", "recurrent_transforms"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
-
-
-@dataclass
-class ModelConfig:
-    """Network architecture: MLPs, by default shared by all agents with agent ids (the MaMuJoCo experiments set
-    Appendix E.2's 400-300 ReLU)."""
-
-    actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
-    """Hidden layer sizes of the actor."""
-    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
-    """Hidden layer sizes of the critic."""
-    activation: str = "relu"
-    """Hidden activation: relu, tanh, elu or gelu."""
-    share_params: bool = True
-    """One actor for all agents with an agent-id one-hot input (True) or one actor per agent (False)."""
-    recurrent: bool = False
-    """GRU actors (:class:`AgentGRU`): hidden state carried through collection, sequences kept whole in training."""
-    gru_hidden: int = 128
-    """GRU units of recurrent actors (64 for SMAC, 128 for SMAX MAPPO as in JaxMARL)."""
 
 
 def _activation(name: str) -> type[nn.Module]:

@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader
 from kpg_lightning.algorithms.base import Algorithm
 from kpg_lightning.checkpointing import capture_rng, restore_rng
 from kpg_lightning.config import KPGConfig
+from kpg_lightning.errors import NonFiniteError
 from kpg_lightning.experience import Experience
 from kpg_lightning.kpg import (
     KLevelStats,
-    NonFiniteError,
     StepRecord,
     actor_k_level_step,
     frozen,

@@ -30,13 +30,13 @@ from kpg_lightning.callbacks import (
     KCostCallback,
     KPGDiagnostics,
 )
-from kpg_lightning.checkpointing import MODEL, CheckpointError, find_checkpoint
-from kpg_lightning.config import ConfigError, register_configs, validate
+from kpg_lightning.checkpointing import MODEL, find_checkpoint
+from kpg_lightning.configure import register_configs, validate
 from kpg_lightning.data import make_replay_buffer
 from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.envs.registry import env_family, make_env, task_name
+from kpg_lightning.errors import CheckpointError, ConfigError, NonFiniteError
 from kpg_lightning.experience import Experience
-from kpg_lightning.kpg import NonFiniteError
 from kpg_lightning.module import KPGModule
 
 __all__ = ["main", "resolve_checkpoint", "run", "write_json"]

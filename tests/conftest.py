@@ -33,7 +33,9 @@ def compose(overrides: list[str] | None = None):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    import kpg_lightning.train  # noqa: F401  (registers the schemas)
+    from kpg_lightning.configure import register_configs
+
+    register_configs()
 
     with initialize_config_module("kpg_lightning.conf", version_base=None):
         return hydra_compose("config", overrides=overrides or [], return_hydra_config=False)

@@ -13,9 +13,10 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from kpg_lightning.algorithms.comix import Comix, ComixConfig, cem_maximize
-from kpg_lightning.config import ConfigError, KPGConfig, validate
+from kpg_lightning.config import KPGConfig, ModelConfig
+from kpg_lightning.configure import validate
 from kpg_lightning.envs.info import EnvInfo
-from kpg_lightning.models import ModelConfig
+from kpg_lightning.errors import ConfigError
 from kpg_lightning.module import KPGModule
 
 _has_mamujoco = importlib.util.find_spec("gymnasium_robotics") is not None

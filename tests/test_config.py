@@ -6,8 +6,9 @@ import pytest
 import torch
 from conftest import compose
 
-from kpg_lightning.config import ConfigError, validate
+from kpg_lightning.configure import validate
 from kpg_lightning.envs.registry import make_env
+from kpg_lightning.errors import ConfigError
 from kpg_lightning.train import precheck
 
 HAS_MUJOCO = importlib.util.find_spec("gymnasium_robotics") is not None

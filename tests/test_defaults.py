@@ -19,7 +19,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from kpg_lightning.algorithms import ALGORITHMS
-from kpg_lightning.config import Config, TrainerConfig, register_configs
+from kpg_lightning.config import Config, TrainerConfig
+from kpg_lightning.configure import register_configs
 from kpg_lightning.envs.registry import ENV_FAMILIES
 
 CONF = Path(__file__).parents[1] / "conf"

@@ -25,11 +25,11 @@ from kpg_lightning.algorithms.discrete import (
 )
 from kpg_lightning.algorithms.facmac import DiscreteFacmac, Facmac, FacmacConfig
 from kpg_lightning.algorithms.maddpg import DiscreteMaddpg, Maddpg, MaddpgConfig
-from kpg_lightning.config import KPGConfig, validate
+from kpg_lightning.config import KPGConfig, ModelConfig
+from kpg_lightning.configure import validate
 from kpg_lightning.data import EpisodeAssembler
 from kpg_lightning.envs.info import EnvInfo
 from kpg_lightning.kpg import gradient_step, k_level_step
-from kpg_lightning.models import ModelConfig
 from kpg_lightning.module import KPGModule
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),

@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from conftest import compose, run_train
 
 from kpg_lightning.algorithms.facmac import Facmac, FacmacConfig, LevelActions, action_penalty
-from kpg_lightning.config import KPGConfig
+from kpg_lightning.config import KPGConfig, ModelConfig
 from kpg_lightning.envs.info import EnvInfo
 from kpg_lightning.mixers import HyperQMixer, make_mixer, mix
-from kpg_lightning.models import ModelConfig
 from kpg_lightning.module import KPGModule
 
 _has_mamujoco = importlib.util.find_spec("gymnasium_robotics") is not None

@@ -5,7 +5,7 @@ import torch
 from conftest import needs_vmas
 
 from kpg_lightning.algorithms.maddpg import Maddpg, MaddpgConfig
-from kpg_lightning.models import ModelConfig
+from kpg_lightning.config import ModelConfig
 
 pytestmark = needs_vmas
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from kpg_lightning.errors import ConfigError
 from kpg_lightning.meetup import (
     GRAD_MAX,
     NASH,
-    ConfigError,
     distance_to_nash,
     lipschitz_constant,
     one_update,

@@ -14,10 +14,11 @@ from torchrl.envs import Compose, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from kpg_lightning.algorithms.qmix import ACTION, MASK, OBS, QVALUE, IqlConfig, Qmix, QmixConfig, VdnConfig
-from kpg_lightning.config import ConfigError, KPGConfig, validate
+from kpg_lightning.config import KPGConfig, ModelConfig
+from kpg_lightning.configure import validate
 from kpg_lightning.data import EpisodeAssembler
 from kpg_lightning.envs.info import EnvInfo
-from kpg_lightning.models import ModelConfig
+from kpg_lightning.errors import ConfigError
 from kpg_lightning.module import KPGModule
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

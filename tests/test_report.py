@@ -293,7 +293,9 @@ def _hydra_config(overrides: list[str]):
     from hydra import compose, initialize_config_module
     from hydra.core.hydra_config import HydraConfig
 
-    import kpg_lightning.train  # noqa: F401  (registers the schemas)
+    from kpg_lightning.configure import register_configs
+
+    register_configs()
 
     with initialize_config_module("kpg_lightning.conf", version_base=None):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)

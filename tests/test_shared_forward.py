@@ -12,10 +12,9 @@ from conftest import needs_vmas
 
 from kpg_lightning.algorithms.facmac import Facmac, FacmacConfig
 from kpg_lightning.algorithms.maddpg import Maddpg, MaddpgConfig
-from kpg_lightning.config import KPGConfig
+from kpg_lightning.config import KPGConfig, ModelConfig
 from kpg_lightning.envs.info import EnvInfo
 from kpg_lightning.kpg import gradient_step, k_level_step, shared_graph
-from kpg_lightning.models import ModelConfig
 from kpg_lightning.module import KPGModule, frozen
 
 needs_mamujoco = pytest.mark.skipif(importlib.util.find_spec("gymnasium_robotics") is None,

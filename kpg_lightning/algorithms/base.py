@@ -25,8 +25,8 @@ from tensordict.nn import TensorDictModuleBase
 from torch import Tensor, nn
 from torchrl.envs import Transform
 
+from kpg_lightning.config import ModelConfig
 from kpg_lightning.envs.info import GROUP, EnvInfo
-from kpg_lightning.models import ModelConfig
 
 __all__ = ["Algorithm", "AlgorithmConfig", "expand_done", "sync_targets"]
 
@@ -48,7 +48,7 @@ class AlgorithmConfig:
 
     def problems(self) -> Iterator[tuple[str, str, Any]]:
         """``(field, what is allowed, value)`` for each algorithm-specific field the algorithm cannot use
-        (the common fields are checked by ``kpg_lightning.config.validate``)."""
+        (the common fields are checked by ``kpg_lightning.configure.validate``)."""
         return iter(())
 
 

@@ -33,9 +33,10 @@ from torchrl.data import Bounded
 from torchrl.modules import AdditiveGaussianModule
 
 from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig, sync_targets
+from kpg_lightning.config import ModelConfig
 from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.mixers import make_mixer, mix
-from kpg_lightning.models import AgentMLP, ModelConfig
+from kpg_lightning.models import AgentMLP
 
 __all__ = ["CemAgent", "Comix", "ComixConfig", "cem_maximize"]
 

@@ -29,9 +29,9 @@ from torchrl.envs import Transform
 from torchrl.envs.utils import ExplorationType, exploration_type
 
 from kpg_lightning.algorithms.base import AlgorithmConfig, sync_targets
-from kpg_lightning.envs.info import GROUP, EnvInfo
-from kpg_lightning.envs.starcraft import masked_random_action
-from kpg_lightning.models import AgentGRU, AgentMLP, ModelConfig, recurrent_transforms
+from kpg_lightning.config import ModelConfig
+from kpg_lightning.envs.info import GROUP, EnvInfo, masked_random_action
+from kpg_lightning.models import AgentGRU, AgentMLP, recurrent_transforms
 
 __all__ = ["DiscreteActionsConfig", "DiscreteActor", "DiscreteActorCritic", "EpsilonGreedyGumbel", "epsilon_at",
            "gumbel_noise", "gumbel_one_hot", "masked_logits"]

@@ -47,10 +47,11 @@ from torchrl.modules import AdditiveGaussianModule
 
 from kpg_lightning.algorithms.base import Algorithm, sync_targets
 from kpg_lightning.algorithms.discrete import DiscreteActionsConfig, DiscreteActorCritic
-from kpg_lightning.config import ConfigError
+from kpg_lightning.config import ModelConfig
 from kpg_lightning.envs.info import GROUP, EnvInfo
+from kpg_lightning.errors import ConfigError
 from kpg_lightning.mixers import MIXERS, make_mixer, mix
-from kpg_lightning.models import AgentMLP, ModelConfig, ScaledTanh
+from kpg_lightning.models import AgentMLP, ScaledTanh
 
 __all__ = ["DiscreteFacmac", "Facmac", "FacmacConfig", "LevelActions", "LiveForward", "action_penalty"]
 

@@ -32,9 +32,10 @@ from torchrl.objectives import DDPGLoss, HardUpdate, SoftUpdate, ValueEstimators
 
 from kpg_lightning.algorithms.base import Algorithm, expand_done
 from kpg_lightning.algorithms.discrete import DiscreteActionsConfig, DiscreteActorCritic
-from kpg_lightning.config import ConfigError
+from kpg_lightning.config import ModelConfig
 from kpg_lightning.envs.info import GROUP, EnvInfo
-from kpg_lightning.models import AgentMLP, CentralCritic, ModelConfig, ScaledTanh
+from kpg_lightning.errors import ConfigError
+from kpg_lightning.models import AgentMLP, CentralCritic, ScaledTanh
 
 __all__ = ["DiscreteMaddpg", "Maddpg", "MaddpgConfig", "cases_objective"]
 

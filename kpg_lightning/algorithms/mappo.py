@@ -28,8 +28,9 @@ from torchrl.modules import MaskedCategorical, ProbabilisticActor, TanhNormal
 from torchrl.objectives.value import MultiAgentGAE
 
 from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig
+from kpg_lightning.config import ModelConfig
 from kpg_lightning.envs.info import GROUP, EnvInfo
-from kpg_lightning.models import AgentGRU, AgentMLP, ModelConfig, recurrent_transforms
+from kpg_lightning.models import AgentGRU, AgentMLP, recurrent_transforms
 
 __all__ = ["IppoConfig", "Mappo", "MappoConfig"]
 

@@ -39,9 +39,10 @@ from torchrl.envs import Transform
 from torchrl.modules import EGreedyModule, QValueModule
 
 from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig, sync_targets
+from kpg_lightning.config import ModelConfig
 from kpg_lightning.envs.info import GROUP, EnvInfo
 from kpg_lightning.mixers import MIXERS, make_mixer, mix
-from kpg_lightning.models import AgentGRU, AgentMLP, ModelConfig, recurrent_transforms
+from kpg_lightning.models import AgentGRU, AgentMLP, recurrent_transforms
 
 __all__ = ["IqlConfig", "QNet", "Qmix", "QmixConfig", "VdnConfig"]
 

@@ -1,4 +1,5 @@
-"""What the algorithms need to know about an environment, read from its TorchRL specs (never written to config)."""
+"""The environment contract as the algorithms see it: sizes read from an env's TorchRL specs (never written to
+config) and the helpers both sides share. Algorithms import this module, never an adapter."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ from dataclasses import dataclass
 import torch
 from torchrl.envs import EnvBase
 
-__all__ = ["GROUP", "EnvInfo"]
+__all__ = ["GROUP", "EnvInfo", "masked_random_action"]
 
 GROUP = "agents"
+
+
+def masked_random_action(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform random integer actions among the available ones; ``mask`` is bool ``[..., n_actions]``."""
+    flat = mask.reshape(-1, mask.shape[-1]).float()
+    return torch.multinomial(flat, 1, generator=generator).reshape(mask.shape[:-1])
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import EnvBase
 
-from kpg_lightning.config import ConfigError
+from kpg_lightning.errors import ConfigError
 
 __all__ = [
     "ENV_FAMILIES",

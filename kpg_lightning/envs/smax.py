@@ -32,7 +32,8 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-from kpg_lightning.envs.starcraft import StarCraftSpecs, masked_random_action
+from kpg_lightning.envs.info import masked_random_action
+from kpg_lightning.envs.starcraft import StarCraftSpecs
 
 __all__ = ["SmaxEnv", "make_smax_env", "masked_random_action", "smax_map_names"]
 

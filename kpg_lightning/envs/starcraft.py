@@ -6,15 +6,11 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.data import Binary, Categorical, Composite, Unbounded
 
-__all__ = ["StarCraftSpecs", "masked_random_action"]
+from kpg_lightning.envs.info import masked_random_action
+
+__all__ = ["StarCraftSpecs"]
 
 FLAGS = ("done", "terminated", "truncated")
-
-
-def masked_random_action(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform random integer actions among the available ones; ``mask`` is bool ``[..., n_actions]``."""
-    flat = mask.reshape(-1, mask.shape[-1]).float()
-    return torch.multinomial(flat, 1, generator=generator).reshape(mask.shape[:-1])
 
 
 class StarCraftSpecs:
