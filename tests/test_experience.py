@@ -23,7 +23,6 @@ def env():
     from omegaconf import OmegaConf
 
     from kpg_lightning.envs.registry import VmasConfig
-
     from kpg_lightning.train import with_episode_returns
 
     return with_episode_returns(make_env(OmegaConf.structured(VmasConfig(num_envs=ENVS, max_steps=5)), seed=0))
