@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, RewardSum, TransformedEnv
 
-from kpg_lightning.algorithms import ALGORITHMS
+from kpg_lightning.algorithms import make_algorithm
 from kpg_lightning.callbacks import (
     EvaluationCallback,
     FrameCheckpoint,
@@ -33,7 +33,7 @@ from kpg_lightning.callbacks import (
 from kpg_lightning.checkpointing import MODEL, CheckpointError, find_checkpoint
 from kpg_lightning.config import ConfigError, register_configs, validate
 from kpg_lightning.data import make_replay_buffer
-from kpg_lightning.envs.info import GROUP, EnvInfo
+from kpg_lightning.envs.info import EPISODE_REWARD, REWARD, EnvInfo
 from kpg_lightning.envs.registry import env_family, make_env, task_name
 from kpg_lightning.experience import Experience
 from kpg_lightning.kpg import NonFiniteError
@@ -46,7 +46,7 @@ register_configs()
 
 def with_episode_returns(env: EnvBase) -> EnvBase:
     """Adds ``("agents", "episode_reward")``, the running return of the current episode."""
-    returns = RewardSum(in_keys=[(GROUP, "reward")], out_keys=[(GROUP, "episode_reward")])
+    returns = RewardSum(in_keys=[REWARD], out_keys=[EPISODE_REWARD])
     if isinstance(env, TransformedEnv):
         env.append_transform(returns)
         return env
@@ -127,8 +127,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     eval_env = with_episode_returns(make_env(cfg.env, seed=cfg.seed + 10_000,
                                              **_eval_envs(cfg.env, cfg.eval.episodes)))
     info = EnvInfo.from_env(env)
-    algorithm_cls, _ = ALGORITHMS[cfg.algorithm.name]
-    algorithm = algorithm_cls.create(OmegaConf.to_object(cfg.algorithm), info, OmegaConf.to_object(cfg.model))
+    algorithm = make_algorithm(OmegaConf.to_object(cfg.algorithm), info, OmegaConf.to_object(cfg.model))
     for target in (env, eval_env):
         for transform in algorithm.env_transforms():
             target.append_transform(transform)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import needs_vmas
 
+from kpg_lightning.algorithms import make_algorithm
 from kpg_lightning.algorithms.facmac import Facmac, FacmacConfig
 from kpg_lightning.algorithms.maddpg import Maddpg, MaddpgConfig
 from kpg_lightning.config import KPGConfig
@@ -111,10 +112,10 @@ def test_discrete_levels_are_unchanged_by_the_shared_forward(smax, algorithm, re
     from kpg_lightning.data import EpisodeAssembler
 
     torch.manual_seed(0)
-    cls, config = (Facmac, FacmacConfig) if algorithm == "facmac" else (Maddpg, MaddpgConfig)
+    config = FacmacConfig if algorithm == "facmac" else MaddpgConfig
     extra = {"mixer_embed_dim": 8, "hypernet_hidden": 8} if algorithm == "facmac" else {"critic": critic}
     model = ModelConfig(actor_hidden=[16], critic_hidden=[16, 16], recurrent=recurrent, gru_hidden=16)
-    alg = cls.create(config(actor_lr=1e-2, **extra), EnvInfo.from_env(smax), model)
+    alg = make_algorithm(config(actor_lr=1e-2, **extra), EnvInfo.from_env(smax), model)
     transforms = alg.env_transforms()
     env = TransformedEnv(smax, Compose(*transforms)) if transforms else smax
     with torch.no_grad():

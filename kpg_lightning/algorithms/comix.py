@@ -32,14 +32,12 @@ from torch import Tensor, nn
 from torchrl.data import Bounded
 from torchrl.modules import AdditiveGaussianModule
 
-from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig, sync_targets
-from kpg_lightning.envs.info import GROUP, EnvInfo
+from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig, parameter_pairs, sync_targets
+from kpg_lightning.envs.info import ACTION, ACTION_DIM_MASK, OBS, REWARD, TERMINATED, EnvInfo, global_state
 from kpg_lightning.mixers import make_mixer, mix
 from kpg_lightning.models import AgentMLP, ModelConfig
 
 __all__ = ["CemAgent", "Comix", "ComixConfig", "cem_maximize"]
-
-OBS, ACTION, DIM_MASK = (GROUP, "observation"), (GROUP, "action"), (GROUP, "action_dim_mask")
 
 
 @torch.no_grad()
@@ -134,15 +132,11 @@ class Comix(Algorithm):
 
     def dim_mask(self, td: TensorDictBase) -> Tensor | None:
         """``[B, N, A]`` float mask of the real action dimensions (None: the env has no ``action_dim_mask``)."""
-        return td.get(DIM_MASK).to(td.get(OBS).dtype) if self.info.has_action_dim_mask else None
-
-    def state(self, td: TensorDictBase) -> Tensor:
-        """The mixer's input: the global ``state``, or the joint observation where the env has none."""
-        return td.get("state") if self.info.state_dim is not None else td.get(OBS).flatten(-2)
+        return td.get(ACTION_DIM_MASK).to(td.get(OBS).dtype) if self.info.has_action_dim_mask else None
 
     # -- hooks -----------------------------------------------------------------------------------------------
     def policy(self) -> TensorDictSequential:
-        in_keys = [OBS, DIM_MASK] if self.info.has_action_dim_mask else [OBS]
+        in_keys = [OBS, ACTION_DIM_MASK] if self.info.has_action_dim_mask else [OBS]
         return TensorDictSequential(TensorDictModule(self.agent, in_keys=in_keys, out_keys=[ACTION]), self.noise)
 
     def critic_parameters(self) -> list[nn.Parameter]:
@@ -156,19 +150,21 @@ class Comix(Algorithm):
         nxt = td.get("next")
         with torch.no_grad():
             _, next_q = self.target_agent.maximize(nxt.get(OBS), self.dim_mask(td))
-            reward = nxt.get((GROUP, "reward")).mean(-2)  # [B, 1] team reward
-            not_terminated = nxt.get("terminated").logical_not()
-            return reward + self.cfg.gamma * not_terminated * mix(self.target_mixer, next_q, self.state(nxt))
+            reward = nxt.get(REWARD).mean(-2)  # [B, 1] team reward
+            not_terminated = nxt.get(TERMINATED).logical_not()
+            return reward + self.cfg.gamma * not_terminated * mix(self.target_mixer, next_q, global_state(nxt))
 
     def critic_loss(self, td: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         target = self.td_target(td)
         q = self.agent.q(td.get(OBS), td.get(ACTION), self.dim_mask(td))
-        q_tot = mix(self.mixer, q, self.state(td))
+        q_tot = mix(self.mixer, q, global_state(td))
         return F.mse_loss(q_tot, target), {"q_tot_mean": q_tot.mean().detach(), "target_mean": target.mean()}
 
-    @torch.no_grad()
+    def target_pairs(self) -> list[tuple[Tensor, Tensor]]:
+        return parameter_pairs((self.target_agent, self.agent), (self.target_mixer, self.mixer))
+
     def update_targets(self) -> None:
-        sync_targets([(self.target_agent, self.agent), (self.target_mixer, self.mixer)], "polyak", self.cfg.tau)
+        sync_targets(self.target_pairs(), "polyak", self.cfg.tau)
 
 
 @dataclass
