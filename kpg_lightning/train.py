@@ -251,8 +251,24 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join(parts)
 
 
+RENAMED_KEYS = {
+    "algorithm.epsilon_frames": "algorithm.epsilon_anneal_frames",
+    "algorithm.hypernet_hidden": "algorithm.mixer_hypernet_hidden",
+}
+"""Settings that changed name (old → new): an override of the old one is refused with one line naming the new."""
+
+
+def _renamed_key(overrides: list[str]) -> str | None:
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key in RENAMED_KEYS:
+            return f"{key} is not allowed: renamed to {RENAMED_KEYS[key]}"
+    return None
+
+
 def precheck(overrides: list[str]) -> str | None:
-    """Compose the config once with the command line's overrides; the error, on one line, if it fails."""
+    """Compose the config once with the command line's overrides; the error, on one line, if it fails (naming the
+    new key where an override spells a renamed setting the old way)."""
     from hydra import compose, initialize_config_module
 
     try:
@@ -260,7 +276,7 @@ def precheck(overrides: list[str]) -> str | None:
             cfg = compose("config", overrides=overrides)
             OmegaConf.to_container(cfg, resolve=False)
     except Exception as exc:
-        return _one_line(exc)
+        return _renamed_key(overrides) or _one_line(exc)
     return None
 
 

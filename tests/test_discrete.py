@@ -49,7 +49,7 @@ EXPERIMENTS = ["k2_facmac_smac_mmm", "facmac_smac_mmm", "k2_facmac_smac_corridor
 def build(base, algorithm: str = "facmac", recurrent: bool = True, **cfg):
     """A tiny discrete FACMAC/MADDPG on ``base`` and the env with the transforms its policy needs."""
     config = FacmacConfig if algorithm == "facmac" else MaddpgConfig
-    extra = {"mixer_embed_dim": 8, "hypernet_hidden": 8} if algorithm == "facmac" else {}
+    extra = {"mixer_embed_dim": 8, "mixer_hypernet_hidden": 8} if algorithm == "facmac" else {}
     model = ModelConfig(actor_hidden=[16], critic_hidden=[16, 16], recurrent=recurrent, gru_hidden=16)
     alg = make_algorithm(config(**{**extra, **cfg}), EnvInfo.from_env(base), model)
     transforms = alg.env_transforms()

@@ -81,7 +81,8 @@ def test_facmac_levels_are_unchanged_by_the_shared_forward(share_params, tmp_pat
     torch.manual_seed(0)
     env = make_mamujoco_env("Walker2d", "2x3", max_steps=20, seed=0)
     model = ModelConfig(actor_hidden=[32, 32], critic_hidden=[32, 32], share_params=share_params)
-    alg = Facmac(FacmacConfig(mixer_embed_dim=16, hypernet_hidden=16, actor_lr=1e-2), EnvInfo.from_env(env), model)
+    alg = Facmac(FacmacConfig(mixer_embed_dim=16, mixer_hypernet_hidden=16, actor_lr=1e-2), EnvInfo.from_env(env),
+                 model)
     td = env.rollout(64, break_when_any_done=False)
     env.close()
     _assert_same_levels(alg, td, k=3)
@@ -113,7 +114,7 @@ def test_discrete_levels_are_unchanged_by_the_shared_forward(smax, algorithm, re
 
     torch.manual_seed(0)
     config = FacmacConfig if algorithm == "facmac" else MaddpgConfig
-    extra = {"mixer_embed_dim": 8, "hypernet_hidden": 8} if algorithm == "facmac" else {"critic": critic}
+    extra = {"mixer_embed_dim": 8, "mixer_hypernet_hidden": 8} if algorithm == "facmac" else {"critic": critic}
     model = ModelConfig(actor_hidden=[16], critic_hidden=[16, 16], recurrent=recurrent, gru_hidden=16)
     alg = make_algorithm(config(actor_lr=1e-2, **extra), EnvInfo.from_env(smax), model)
     transforms = alg.env_transforms()

@@ -123,7 +123,7 @@ class Comix(Algorithm):
         self.agent = CemAgent(info.n_agents, info.obs_dim, low, high, model.critic_hidden, model.activation,
                               cfg.cem_samples, cfg.cem_elites, cfg.cem_iterations)
         self.mixer = make_mixer(cfg.mixer, info.n_agents, info.critic_state_dim, cfg.mixer_embed_dim,
-                                cfg.hypernet_hidden)
+                                cfg.mixer_hypernet_hidden)
         self.target_agent = deepcopy(self.agent).requires_grad_(False)
         self.target_mixer = deepcopy(self.mixer).requires_grad_(False)
         self.noise = AdditiveGaussianModule(Bounded(low=low, high=high, shape=low.shape),
@@ -183,7 +183,7 @@ class ComixConfig(AlgorithmConfig):
     """qmix (monotonic, two-layer hypernetworks) or vdn: monotonic, so the agents' argmaxes are Q_tot's."""
     mixer_embed_dim: int = 64
     """Width of the mixing layer."""
-    hypernet_hidden: int = 64
+    mixer_hypernet_hidden: int = 64
     """Hidden width of the mixer's weight hypernetworks."""
     cem_samples: int = 64
     """Actions CEM samples per agent and iteration."""
@@ -199,7 +199,7 @@ class ComixConfig(AlgorithmConfig):
             yield "tau", "a number in (0, 1]", self.tau
         if self.noise_sigma < 0:
             yield "noise_sigma", "a number >= 0", self.noise_sigma
-        for key in ("mixer_embed_dim", "hypernet_hidden", "cem_samples", "cem_iterations"):
+        for key in ("mixer_embed_dim", "mixer_hypernet_hidden", "cem_samples", "cem_iterations"):
             if getattr(self, key) < 1:
                 yield key, "an integer >= 1", getattr(self, key)
         if not 2 <= self.cem_elites <= self.cem_samples:

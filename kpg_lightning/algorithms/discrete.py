@@ -195,7 +195,7 @@ class DiscreteActorCritic:
 
     def exploration_step(self, frames: int) -> None:
         cfg = self.cfg
-        self.acting.epsilon.fill_(epsilon_at(frames, cfg.epsilon_start, cfg.epsilon_end, cfg.epsilon_frames))
+        self.acting.epsilon.fill_(epsilon_at(frames, cfg.epsilon_start, cfg.epsilon_end, cfg.epsilon_anneal_frames))
 
 
 @dataclass
@@ -212,7 +212,7 @@ class DiscreteActionsConfig(AlgorithmConfig):
     """Discrete actions: ε of ε-greedy exploration at the start (Appendix E.2: 0.5)."""
     epsilon_end: float = 0.05
     """Discrete actions: ε after annealing (Appendix E.2: 0.05)."""
-    epsilon_frames: int = 50_000
+    epsilon_anneal_frames: int = 50_000
     """Discrete actions: frames over which ε anneals linearly (Appendix E.2: 50k)."""
     gumbel_temperature: float = 1.0
     """Discrete actions: temperature of the Gumbel-softmax whose gradient the actor follows."""
@@ -230,8 +230,8 @@ class DiscreteActionsConfig(AlgorithmConfig):
         for key in ("epsilon_start", "epsilon_end"):
             if not 0 <= getattr(self, key) <= 1:
                 yield key, "a number in [0, 1]", getattr(self, key)
-        if self.epsilon_frames < 0:
-            yield "epsilon_frames", "an integer >= 0", self.epsilon_frames
+        if self.epsilon_anneal_frames < 0:
+            yield "epsilon_anneal_frames", "an integer >= 0", self.epsilon_anneal_frames
         for key in ("gumbel_temperature", "reward_scale"):
             if getattr(self, key) <= 0:
                 yield key, "a number > 0", getattr(self, key)

@@ -96,7 +96,7 @@ class Facmac(Algorithm):
         n = info.n_agents
         self.critic = AgentMLP(n, info.obs_dim + info.action_dim, 1, model.critic_hidden, model.activation,
                                share_params=True)
-        self.mixer = make_mixer(cfg.mixer, n, info.critic_state_dim, cfg.mixer_embed_dim, cfg.hypernet_hidden,
+        self.mixer = make_mixer(cfg.mixer, n, info.critic_state_dim, cfg.mixer_embed_dim, cfg.mixer_hypernet_hidden,
                                 cfg.mixer_init_scale)
         self.target_critic = deepcopy(self.critic).requires_grad_(False)
         self.target_mixer = deepcopy(self.mixer).requires_grad_(False)
@@ -269,7 +269,7 @@ class FacmacConfig(DiscreteActionsConfig):
     """qmix (monotonic, two-layer hypernetworks), qmix_nonmonotonic or vdn."""
     mixer_embed_dim: int = 64
     """Width of the mixing layer."""
-    hypernet_hidden: int = 64
+    mixer_hypernet_hidden: int = 64
     """Hidden width of the mixer's weight hypernetworks."""
     mixer_init_scale: float | None = None
     """Orthogonal init gain of the qmix mixer's layers (zero biases; JaxMARL on SMAX: 0.001); null: PyTorch's."""
@@ -286,6 +286,6 @@ class FacmacConfig(DiscreteActionsConfig):
                 yield key, "a number >= 0", getattr(self, key)
         if self.mixer_init_scale is not None and self.mixer_init_scale <= 0:
             yield "mixer_init_scale", "null or a number > 0", self.mixer_init_scale
-        for key in ("mixer_embed_dim", "hypernet_hidden"):
+        for key in ("mixer_embed_dim", "mixer_hypernet_hidden"):
             if getattr(self, key) < 1:
                 yield key, "an integer >= 1", getattr(self, key)
