@@ -11,9 +11,9 @@ from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-__all__ = ["EvaluationCallback", "episode_outcomes"]
+from kpg_lightning.envs.info import BATTLE_WON, DONE, EPISODE_REWARD
 
-GROUP = "agents"
+__all__ = ["EvaluationCallback", "episode_outcomes"]
 
 
 def episode_outcomes(rollout: TensorDictBase) -> dict[str, torch.Tensor]:
@@ -23,14 +23,14 @@ def episode_outcomes(rollout: TensorDictBase) -> dict[str, torch.Tensor]:
     episode cut by the rollout's end counts with the return reached so far.
     """
     rollout = rollout.reshape(-1, rollout.shape[-1])
-    done = rollout.get(("next", "done")).squeeze(-1).clone()
+    done = rollout.get(("next", DONE)).squeeze(-1).clone()
     done[:, -1] = True
     first = done.float().argmax(dim=-1)
     rows = torch.arange(rollout.shape[0])
-    returns = rollout.get(("next", GROUP, "episode_reward"))[rows, first].mean(dim=(-2, -1))
+    returns = rollout.get(("next", *EPISODE_REWARD))[rows, first].mean(dim=(-2, -1))
     out = {"return": returns}
-    if ("next", "battle_won") in rollout.keys(True, True):
-        out["won"] = rollout.get(("next", "battle_won"))[rows, first].reshape(-1).float()
+    if ("next", BATTLE_WON) in rollout.keys(True, True):
+        out["won"] = rollout.get(("next", BATTLE_WON))[rows, first].reshape(-1).float()
     return out
 
 

@@ -12,6 +12,8 @@ from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import RandomSampler
 
+from kpg_lightning.envs.info import DONE
+
 __all__ = ["CollectorStream", "EpisodeAssembler", "make_replay_buffer", "stream_loader"]
 
 
@@ -92,7 +94,7 @@ class EpisodeAssembler:
             batch = batch.unsqueeze(0)
         if batch.ndim != 2:
             raise ValueError(f"episode replay expects rollouts [envs, T], got batch shape {tuple(batch.shape)}")
-        done = batch.get(("next", "done")).reshape(batch.shape[0], batch.shape[1])
+        done = batch.get(("next", DONE)).reshape(batch.shape[0], batch.shape[1])
         episodes = []
         for env in range(batch.shape[0]):
             start = 0

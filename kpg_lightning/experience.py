@@ -22,7 +22,7 @@ from torchrl.data import ReplayBuffer
 
 from kpg_lightning.checkpointing import load_replay, save_replay
 from kpg_lightning.data import CollectorStream, EpisodeAssembler, stream_loader
-from kpg_lightning.envs.info import GROUP
+from kpg_lightning.envs.info import DONE, EPISODE_REWARD
 
 __all__ = ["CollectorFactory", "Experience"]
 
@@ -111,9 +111,9 @@ class Experience:
         self.last_collect_s = self.stream.last_collect_s if self.stream is not None else 0.0
         self.frames += batch.numel() * self.world_size
         self.iterations += 1
-        done = batch.get(("next", "done")).squeeze(-1)
-        if done.any() and ("next", GROUP, "episode_reward") in batch.keys(True, True):
-            self.last_return = float(batch.get(("next", GROUP, "episode_reward"))[done].mean())
+        done = batch.get(("next", DONE)).squeeze(-1)
+        if done.any() and ("next", *EPISODE_REWARD) in batch.keys(True, True):
+            self.last_return = float(batch.get(("next", *EPISODE_REWARD))[done].mean())
 
     def updates(self, batch: TensorDictBase) -> Iterator[TensorDictBase]:
         """The update batches a collected batch yields, on the training device: the batch itself (on-policy), or,

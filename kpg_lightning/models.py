@@ -12,7 +12,9 @@ from torchrl.data import Unbounded
 from torchrl.envs import InitTracker, TensorDictPrimer, Transform
 from torchrl.modules import MLP, MultiAgentMLP
 
-__all__ = ["ACTIVATIONS", "AgentGRU", "AgentMLP", "CentralCritic", "ScaledTanh", "recurrent_transforms"]
+from kpg_lightning.config import ModelConfig
+
+__all__ = ["ACTIVATIONS", "AgentGRU", "AgentMLP", "CentralCritic", "ScaledTanh", "agent_body", "recurrent_transforms"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
 
@@ -148,6 +150,17 @@ class AgentGRU(nn.Module):
             h = self._cell(e[:, t], h, is_init[:, t])
             states.append(h)
         return self.head(torch.stack(states, dim=1))
+
+
+def agent_body(n_agents: int, in_features: int, out_features: int, model: ModelConfig) -> AgentGRU | AgentMLP:
+    """The per-agent network of actors and Q-networks, ``[..., N, in]`` → ``[..., N, out]``, as ``model`` says: a
+    shared :class:`AgentGRU` (``model.recurrent``; embedding ``actor_hidden[0]``, GRU ``gru_hidden``, head
+    ``actor_hidden[1:]``), else an :class:`AgentMLP` of ``actor_hidden`` (shared or per agent: ``share_params``)."""
+    if not model.recurrent:
+        return AgentMLP(n_agents, in_features, out_features, model.actor_hidden, model.activation, model.share_params)
+    if not model.share_params:
+        raise ValueError("model.recurrent: recurrent actors share parameters (model.share_params=true)")
+    return AgentGRU(n_agents, in_features, out_features, model.actor_hidden, model.gru_hidden, model.activation)
 
 
 def recurrent_transforms(hidden_key: str | tuple[str, ...], n_agents: int, gru_hidden: int) -> list[Transform]:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, RewardSum, TransformedEnv
 
-from kpg_lightning.algorithms import ALGORITHMS
+from kpg_lightning.algorithms import make_algorithm
 from kpg_lightning.callbacks import (
     EvaluationCallback,
     FrameCheckpoint,
@@ -33,7 +33,7 @@ from kpg_lightning.callbacks import (
 from kpg_lightning.checkpointing import MODEL, find_checkpoint
 from kpg_lightning.configure import register_configs, validate
 from kpg_lightning.data import make_replay_buffer
-from kpg_lightning.envs.info import GROUP, EnvInfo
+from kpg_lightning.envs.info import EPISODE_REWARD, REWARD, EnvInfo
 from kpg_lightning.envs.registry import env_family, make_env, task_name
 from kpg_lightning.errors import CheckpointError, ConfigError, NonFiniteError
 from kpg_lightning.experience import Experience
@@ -46,7 +46,7 @@ register_configs()
 
 def with_episode_returns(env: EnvBase) -> EnvBase:
     """Adds ``("agents", "episode_reward")``, the running return of the current episode."""
-    returns = RewardSum(in_keys=[(GROUP, "reward")], out_keys=[(GROUP, "episode_reward")])
+    returns = RewardSum(in_keys=[REWARD], out_keys=[EPISODE_REWARD])
     if isinstance(env, TransformedEnv):
         env.append_transform(returns)
         return env
@@ -127,8 +127,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     eval_env = with_episode_returns(make_env(cfg.env, seed=cfg.seed + 10_000,
                                              **_eval_envs(cfg.env, cfg.eval.episodes)))
     info = EnvInfo.from_env(env)
-    algorithm_cls, _ = ALGORITHMS[cfg.algorithm.name]
-    algorithm = algorithm_cls.create(OmegaConf.to_object(cfg.algorithm), info, OmegaConf.to_object(cfg.model))
+    algorithm = make_algorithm(OmegaConf.to_object(cfg.algorithm), info, OmegaConf.to_object(cfg.model))
     for target in (env, eval_env):
         for transform in algorithm.env_transforms():
             target.append_transform(transform)
@@ -252,8 +251,24 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join(parts)
 
 
+RENAMED_KEYS = {
+    "algorithm.epsilon_frames": "algorithm.epsilon_anneal_frames",
+    "algorithm.hypernet_hidden": "algorithm.mixer_hypernet_hidden",
+}
+"""Settings that changed name (old → new): an override of the old one is refused with one line naming the new."""
+
+
+def _renamed_key(overrides: list[str]) -> str | None:
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key in RENAMED_KEYS:
+            return f"{key} is not allowed: renamed to {RENAMED_KEYS[key]}"
+    return None
+
+
 def precheck(overrides: list[str]) -> str | None:
-    """Compose the config once with the command line's overrides; the error, on one line, if it fails."""
+    """Compose the config once with the command line's overrides; the error, on one line, if it fails (naming the
+    new key where an override spells a renamed setting the old way)."""
     from hydra import compose, initialize_config_module
 
     try:
@@ -261,7 +276,7 @@ def precheck(overrides: list[str]) -> str | None:
             cfg = compose("config", overrides=overrides)
             OmegaConf.to_container(cfg, resolve=False)
     except Exception as exc:
-        return _one_line(exc)
+        return _renamed_key(overrides) or _one_line(exc)
     return None
 
 

@@ -69,7 +69,7 @@ def test_cem_clips_into_per_agent_bounds():
 
 def _small_comix(info: EnvInfo, **cfg) -> Comix:
     model = ModelConfig(critic_hidden=[32, 32])
-    return Comix(ComixConfig(mixer_embed_dim=16, hypernet_hidden=16, **cfg), info, model)
+    return Comix(ComixConfig(mixer_embed_dim=16, mixer_hypernet_hidden=16, **cfg), info, model)
 
 
 @needs_mamujoco

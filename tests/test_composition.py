@@ -17,7 +17,17 @@ from conftest import compose, needs_vmas, run_train
 from omegaconf import OmegaConf
 
 FIXTURES = Path(__file__).parent / "fixtures"
-BEFORE = json.loads((FIXTURES / "experiment_configs.json").read_text())
+# Settings renamed after the fixtures were captured, so that one setting has one name (``epsilon_anneal_frames`` in
+# every ε-greedy algorithm, ``mixer_*`` for every mixer width): the fixtures are read with the new names, values kept.
+RENAMED = {"epsilon_frames": "epsilon_anneal_frames", "hypernet_hidden": "mixer_hypernet_hidden"}
+
+
+def _renamed(config: dict) -> dict:
+    return {**config, "algorithm": {RENAMED.get(key, key): value for key, value in config["algorithm"].items()}}
+
+
+BEFORE = {name: _renamed(config)
+          for name, config in json.loads((FIXTURES / "experiment_configs.json").read_text()).items()}
 CONF = Path(__file__).parents[1] / "conf"
 
 

@@ -15,16 +15,17 @@ from tensordict import TensorDict
 from torchrl.envs import Compose, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from kpg_lightning.algorithms import make_algorithm
+from kpg_lightning.algorithms.base import epsilon_at
 from kpg_lightning.algorithms.discrete import (
     HIDDEN,
     LOGITS,
     NOISE,
-    epsilon_at,
     gumbel_one_hot,
     masked_logits,
 )
-from kpg_lightning.algorithms.facmac import DiscreteFacmac, Facmac, FacmacConfig
-from kpg_lightning.algorithms.maddpg import DiscreteMaddpg, Maddpg, MaddpgConfig
+from kpg_lightning.algorithms.facmac import DiscreteFacmac, FacmacConfig
+from kpg_lightning.algorithms.maddpg import DiscreteMaddpg, MaddpgConfig
 from kpg_lightning.config import KPGConfig, ModelConfig
 from kpg_lightning.configure import validate
 from kpg_lightning.data import EpisodeAssembler
@@ -47,10 +48,10 @@ EXPERIMENTS = ["k2_facmac_smac_mmm", "facmac_smac_mmm", "k2_facmac_smac_corridor
 
 def build(base, algorithm: str = "facmac", recurrent: bool = True, **cfg):
     """A tiny discrete FACMAC/MADDPG on ``base`` and the env with the transforms its policy needs."""
-    cls, config = (Facmac, FacmacConfig) if algorithm == "facmac" else (Maddpg, MaddpgConfig)
-    extra = {"mixer_embed_dim": 8, "hypernet_hidden": 8} if algorithm == "facmac" else {}
+    config = FacmacConfig if algorithm == "facmac" else MaddpgConfig
+    extra = {"mixer_embed_dim": 8, "mixer_hypernet_hidden": 8} if algorithm == "facmac" else {}
     model = ModelConfig(actor_hidden=[16], critic_hidden=[16, 16], recurrent=recurrent, gru_hidden=16)
-    alg = cls.create(config(**{**extra, **cfg}), EnvInfo.from_env(base), model)
+    alg = make_algorithm(config(**{**extra, **cfg}), EnvInfo.from_env(base), model)
     transforms = alg.env_transforms()
     return alg, (TransformedEnv(base, Compose(*transforms)) if transforms else base)
 
@@ -227,7 +228,7 @@ def test_masked_actions_are_never_chosen():
     """Acting (ε = 1, ε = 0, greedy) and training's Gumbel one-hots pick available actions only, over many draws."""
     info = EnvInfo(n_agents=3, obs_dim=4, action_dim=8, discrete=True, state_dim=6, action_low=None,
                    action_high=None, has_action_mask=True, has_action_dim_mask=False)
-    alg = Facmac.create(FacmacConfig(), info, ModelConfig(actor_hidden=[16], critic_hidden=[16]))
+    alg = make_algorithm(FacmacConfig(), info, ModelConfig(actor_hidden=[16], critic_hidden=[16]))
     batch = 2000
     mask = torch.rand(batch, 3, 8) < 0.3
     mask[torch.arange(batch), :, torch.randint(8, (batch,))] = True  # at least one available action per agent
@@ -310,8 +311,8 @@ def test_losses_ignore_padded_steps(smax, episodes, algorithm):
 def test_hard_targets_copy_every_interval(smax, algorithm):
     alg, _ = build(smax, algorithm=algorithm, recurrent=False, target_update="hard", target_update_interval=3)
     assert isinstance(alg, DiscreteFacmac if algorithm == "facmac" else DiscreteMaddpg)
-    targets = [p for target, _ in alg.target_pairs() for p in target.parameters()]
-    online = [p for _, source in alg.target_pairs() for p in source.parameters()]
+    targets = [target for target, _ in alg.target_pairs()]
+    online = [source for _, source in alg.target_pairs()]
     assert all(torch.equal(t, p) for t, p in zip(targets, online, strict=True))
     for update in range(1, 8):
         before = [t.clone() for t in targets]

@@ -35,7 +35,7 @@ def _setup(scenario: str = "Walker2d", conf: str = "2x3", share_params: bool = T
 
     env = make_mamujoco_env(scenario, conf, max_steps=20, seed=0)
     model = ModelConfig(actor_hidden=[32, 32], critic_hidden=[32, 32], share_params=share_params)
-    alg = Facmac(FacmacConfig(mixer_embed_dim=16, hypernet_hidden=16), EnvInfo.from_env(env), model)
+    alg = Facmac(FacmacConfig(mixer_embed_dim=16, mixer_hypernet_hidden=16), EnvInfo.from_env(env), model)
     td = env.rollout(frames, break_when_any_done=False)
     env.close()
     return alg, td

@@ -62,7 +62,7 @@ def test_batched_cases_equal_a_loop_over_agents():
         live = alg.actor.module(obs)
         joint = others.clone()
         joint[:, i] = live[:, i]
-        q_all = alg.critic_input.critic(state, joint)  # [B, N, 1]: every agent's Q on this joint action
+        q_all = alg.critic.module(state, joint)  # [B, N, 1]: every agent's Q on this joint action
         total = total - q_all[:, i].mean() / n
     expected = torch.autograd.grad(total, alg.actor_parameters())
     for g, e in zip(grads, expected, strict=True):
@@ -107,7 +107,7 @@ def test_actor_levels_leave_the_critic_out_of_the_graph():
 def test_team_critic_scores_one_row_per_sample_shared_by_every_agent():
     """critic=team: no agent-id input, one critic row per sample, the same value for every agent."""
     alg, td = _setup(True, critic="team")
-    critic = alg.critic_input.critic
+    critic = alg.critic.module
     n, a = alg.info.n_agents, alg.info.action_dim
     assert critic.net[0].in_features == alg.info.critic_state_dim + n * a
     rows = []
@@ -125,7 +125,7 @@ def test_team_critic_level_one_is_maddpg_joint_objective_and_levels_sum_the_case
     gradients summed, each case scoring agent i live and the others fixed."""
     alg, td = _setup(True, critic="team")
     params, obs = alg.actor_parameters(), td["agents", "observation"]
-    state, critic, n = obs.flatten(-2), alg.critic_input.critic, alg.info.n_agents
+    state, critic, n = obs.flatten(-2), alg.critic.module, alg.info.n_agents
     assert alg.level_outputs(td, 0) is None
     joint = alg.actor_loss(td, None)
     torch.testing.assert_close(joint, -critic.team(state, alg.actor.module(obs)).mean())
@@ -161,3 +161,29 @@ def test_team_critic_k_maddpg_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["frames"] == 640 and summary["kpg"]["levels_run_mean"] == 2
+
+
+def test_hard_target_count_survives_a_state_dict_round_trip():
+    """target_update=hard: the updates counted toward the next copy are in the module's state_dict, so a run resumed
+    from a checkpoint copies its targets at the same updates as the uninterrupted one (TorchRL's ``HardUpdate`` kept
+    its counter outside the module: a resumed run started counting again)."""
+    from kpg_lightning.envs.info import EnvInfo
+
+    info = EnvInfo(n_agents=2, obs_dim=3, action_dim=2, discrete=False, state_dim=None, action_low=-torch.ones(2, 2),
+                   action_high=torch.ones(2, 2), has_action_mask=False, has_action_dim_mask=False)
+    cfg, model = MaddpgConfig(target_update="hard", target_update_interval=3), ModelConfig([8], [8])
+
+    def update(alg) -> bool:
+        """One training update's parameter change and target update; whether the targets were copied."""
+        with torch.no_grad():
+            for p in alg.actor_parameters() + alg.critic_parameters():
+                p.add_(1.0)
+        alg.update_targets()
+        return all(torch.equal(target, online) for target, online in alg.target_pairs())
+
+    alg = Maddpg(cfg, info, model)
+    assert [update(alg) for _ in range(2)] == [False, False]
+    resumed = Maddpg(cfg, info, model)
+    resumed.load_state_dict(alg.state_dict())
+    assert int(resumed.target_updates) == 2
+    assert update(resumed) and update(alg)  # the third update copies, resumed or not

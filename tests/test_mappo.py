@@ -14,9 +14,10 @@ from tensordict import TensorDict
 from torchrl.envs import Compose, EnvBase, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from kpg_lightning.algorithms.mappo import ACTION, ADV, LOGP, MASK, OBS, TARGET, VALUE, IppoConfig, Mappo, MappoConfig
+from kpg_lightning.algorithms.mappo import ADV, LOGP, TARGET, VALUE, IppoConfig, Mappo, MappoConfig
 from kpg_lightning.config import KPGConfig, ModelConfig
-from kpg_lightning.envs.info import EnvInfo
+from kpg_lightning.envs.info import ACTION, OBS, EnvInfo
+from kpg_lightning.envs.info import ACTION_MASK as MASK
 from kpg_lightning.models import AgentGRU
 from kpg_lightning.module import KPGModule, make_actor_optimizer
 

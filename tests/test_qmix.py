@@ -13,11 +13,12 @@ from tensordict import TensorDict
 from torchrl.envs import Compose, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from kpg_lightning.algorithms.qmix import ACTION, MASK, OBS, QVALUE, IqlConfig, Qmix, QmixConfig, VdnConfig
+from kpg_lightning.algorithms.qmix import QVALUE, IqlConfig, Qmix, QmixConfig, VdnConfig
 from kpg_lightning.config import KPGConfig, ModelConfig
 from kpg_lightning.configure import validate
 from kpg_lightning.data import EpisodeAssembler
-from kpg_lightning.envs.info import EnvInfo
+from kpg_lightning.envs.info import ACTION, OBS, EnvInfo
+from kpg_lightning.envs.info import ACTION_MASK as MASK
 from kpg_lightning.errors import ConfigError
 from kpg_lightning.module import KPGModule
 
@@ -193,7 +194,7 @@ def test_hard_target_copy_after_exactly_the_interval():
         assert copied == (update % 3 == 0), update
         if update < 3:
             assert all(torch.equal(p, q) for p, q in zip(initial, target, strict=True))
-    assert int(alg.updates) == 6 and module.train_steps == 6
+    assert int(alg.target_updates) == 6 and module.train_steps == 6
 
 
 def test_acting_never_picks_unavailable_actions():

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import needs_vmas
 
+from kpg_lightning.algorithms import make_algorithm
 from kpg_lightning.algorithms.facmac import Facmac, FacmacConfig
 from kpg_lightning.algorithms.maddpg import Maddpg, MaddpgConfig
 from kpg_lightning.config import KPGConfig, ModelConfig
@@ -79,7 +80,8 @@ def test_facmac_levels_are_unchanged_by_the_shared_forward(share_params, tmp_pat
     torch.manual_seed(0)
     env = make_mamujoco_env("Walker2d", "2x3", max_steps=20, seed=0)
     model = ModelConfig(actor_hidden=[32, 32], critic_hidden=[32, 32], share_params=share_params)
-    alg = Facmac(FacmacConfig(mixer_embed_dim=16, hypernet_hidden=16, actor_lr=1e-2), EnvInfo.from_env(env), model)
+    alg = Facmac(FacmacConfig(mixer_embed_dim=16, mixer_hypernet_hidden=16, actor_lr=1e-2), EnvInfo.from_env(env),
+                 model)
     td = env.rollout(64, break_when_any_done=False)
     env.close()
     _assert_same_levels(alg, td, k=3)
@@ -110,10 +112,10 @@ def test_discrete_levels_are_unchanged_by_the_shared_forward(smax, algorithm, re
     from kpg_lightning.data import EpisodeAssembler
 
     torch.manual_seed(0)
-    cls, config = (Facmac, FacmacConfig) if algorithm == "facmac" else (Maddpg, MaddpgConfig)
-    extra = {"mixer_embed_dim": 8, "hypernet_hidden": 8} if algorithm == "facmac" else {"critic": critic}
+    config = FacmacConfig if algorithm == "facmac" else MaddpgConfig
+    extra = {"mixer_embed_dim": 8, "mixer_hypernet_hidden": 8} if algorithm == "facmac" else {"critic": critic}
     model = ModelConfig(actor_hidden=[16], critic_hidden=[16, 16], recurrent=recurrent, gru_hidden=16)
-    alg = cls.create(config(actor_lr=1e-2, **extra), EnvInfo.from_env(smax), model)
+    alg = make_algorithm(config(actor_lr=1e-2, **extra), EnvInfo.from_env(smax), model)
     transforms = alg.env_transforms()
     env = TransformedEnv(smax, Compose(*transforms)) if transforms else smax
     with torch.no_grad():

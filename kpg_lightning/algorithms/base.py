@@ -11,6 +11,9 @@ epochs x minibatches, and ``actor_batches`` to choose what one K-level recursion
 
 K is not an algorithm property: the K-level engine wraps ``actor_loss`` and ``level_outputs`` for any K; with
 K = 1 the update is the ordinary algorithm's.
+
+Mechanisms every algorithm shares live here once: :func:`sync_targets` (the one target-network update, its hard-copy
+counter a buffer registered by :meth:`Algorithm.register_target_counter`) and :func:`epsilon_at` (the one ε schedule).
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from torch import Tensor, nn
 from torchrl.envs import Transform
 
 from kpg_lightning.config import ModelConfig
-from kpg_lightning.envs.info import GROUP, EnvInfo
+from kpg_lightning.envs.info import DONE, GROUP, REWARD, TERMINATED, EnvInfo
 
-__all__ = ["Algorithm", "AlgorithmConfig", "expand_done", "sync_targets"]
+__all__ = ["TARGET_UPDATES", "Algorithm", "AlgorithmConfig", "epsilon_at", "expand_done", "parameter_pairs",
+           "sync_targets"]
+
+TARGET_UPDATES = ("polyak", "hard")
 
 
 @dataclass
@@ -52,28 +58,43 @@ class AlgorithmConfig:
         return iter(())
 
 
-def expand_done(td: TensorDictBase, group: str = GROUP) -> TensorDictBase:
+def expand_done(td: TensorDictBase) -> TensorDictBase:
     """Copy root ``done``/``terminated`` of ``("next", ...)`` to every agent, as the per-agent losses expect."""
-    shape = td.get(("next", group, "reward")).shape
-    for key in ("done", "terminated"):
-        if ("next", group, key) not in td.keys(True, True):
-            td.set(("next", group, key), td.get(("next", key)).unsqueeze(-2).expand(shape))
+    shape = td.get(("next", *REWARD)).shape
+    for key in (DONE, TERMINATED):
+        if ("next", GROUP, key) not in td.keys(True, True):
+            td.set(("next", GROUP, key), td.get(("next", key)).unsqueeze(-2).expand(shape))
     return td
 
 
+def parameter_pairs(*pairs: tuple[nn.Module, nn.Module]) -> list[tuple[Tensor, Tensor]]:
+    """``(target, online)`` parameter pairs of ``(target, online)`` module pairs (a target is a deep copy)."""
+    return [pair for target, online in pairs for pair in zip(target.parameters(), online.parameters(), strict=True)]
+
+
 @torch.no_grad()
-def sync_targets(pairs: Sequence[tuple[nn.Module, nn.Module]], mode: str, tau: float = 0.0, interval: int = 1,
+def sync_targets(pairs: Sequence[tuple[Tensor, Tensor]], mode: str, tau: float = 0.0, interval: int = 1,
                  updates: Tensor | None = None) -> None:
-    """Target networks after one training update: ``polyak`` — ``θ̄ ← θ̄ + τ (θ − θ̄)`` every update; ``hard`` —
-    ``θ̄ ← θ`` every ``interval`` updates, counted in ``updates`` (a tensor buffer, so checkpoints keep it)."""
-    targets = [p for target, _ in pairs for p in target.parameters()]
-    online = [p for _, source in pairs for p in source.parameters()]
+    """The target-network update after one training update, over ``(target, online)`` parameter pairs:
+    ``polyak`` — ``θ̄ ← θ̄ + τ (θ − θ̄)`` every update; ``hard`` — ``θ̄ ← θ`` every ``interval`` updates, counted in
+    ``updates`` (the algorithm's ``target_updates`` buffer, so checkpoints keep the count and a resumed run copies
+    at the same updates)."""
+    targets, online = [target for target, _ in pairs], [source for _, source in pairs]
     if mode == "polyak":
         torch._foreach_lerp_(targets, online, tau)
         return
     updates += 1
     if int(updates) % interval == 0:
         torch._foreach_copy_(targets, online)
+
+
+def epsilon_at(frames: int, start: float, end: float, anneal_frames: int) -> float:
+    """ε of ε-greedy acting after ``frames`` collected frames: linear from ``start`` to ``end`` over the first
+    ``anneal_frames`` frames, then ``end``. A function of the frame count alone, so a resumed run continues it; the
+    acting module keeps the current value in a buffer, which checkpoints and policy-weight syncs carry."""
+    if frames >= anneal_frames:
+        return end
+    return start + (end - start) * (frames / anneal_frames)
 
 
 class Algorithm(nn.Module):
@@ -101,18 +122,15 @@ class Algorithm(nn.Module):
     :func:`kpg_lightning.kpg.shared_graph`, and every level's loss backpropagates through it. False (on-policy
     updates move θ within a level) runs each level's loss from scratch."""
     config_class: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
-    discrete_variant: ClassVar[type[Algorithm] | None] = None
-    """The class :meth:`create` builds instead on discrete action spaces (e.g. ``DiscreteFacmac``); None: this one."""
 
     def __init__(self, cfg: AlgorithmConfig, info: EnvInfo, model: ModelConfig):
         super().__init__()
         self.cfg, self.info, self.model_cfg = cfg, info, model
 
-    @classmethod
-    def create(cls, cfg: AlgorithmConfig, info: EnvInfo, model: ModelConfig) -> Algorithm:
-        """The algorithm for ``info``'s action space: :attr:`discrete_variant` where actions are discrete."""
-        target = cls.discrete_variant if info.discrete and cls.discrete_variant is not None else cls
-        return target(cfg, info, model)
+    def register_target_counter(self, hard: bool) -> None:
+        """The ``target_updates`` buffer in which :func:`sync_targets` counts updates toward hard copies; persistent
+        (in checkpoints) where targets are ``hard`` copies, as only those count."""
+        self.register_buffer("target_updates", torch.zeros((), dtype=torch.long), persistent=hard)
 
     # hook
     def env_transforms(self) -> list[Transform]:
@@ -183,8 +201,14 @@ class Algorithm(nn.Module):
         return (td,)
 
     # hook
+    def target_pairs(self) -> list[tuple[Tensor, Tensor]]:
+        """``(target, online)`` parameter pairs that :meth:`update_targets` moves (none without targets)."""
+        return []
+
+    # hook
     def update_targets(self) -> None:
-        """Target-network update after each training step (no-op without targets)."""
+        """Target-network update after each training step (no-op without targets): :func:`sync_targets` over
+        :meth:`target_pairs` with the algorithm's rule."""
 
     # hook
     def exploration_step(self, frames: int) -> None:
@@ -201,6 +225,6 @@ class Algorithm(nn.Module):
         return cls.recurrent_actors is True or (isinstance(cls.recurrent_actors, tuple)
                                                  and action_space in cls.recurrent_actors)
 
-    def one_hot_eye(self, device: torch.device) -> Tensor:
+    def one_hot_eye(self, device: torch.device | None = None) -> Tensor:
         """Boolean ``[N(case), N(agent), 1]``: case i has agent i live."""
         return torch.eye(self.info.n_agents, dtype=torch.bool, device=device).unsqueeze(-1)

@@ -32,15 +32,13 @@ from torch import Tensor, nn
 from torchrl.data import Bounded
 from torchrl.modules import AdditiveGaussianModule
 
-from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig, sync_targets
+from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig, parameter_pairs, sync_targets
 from kpg_lightning.config import ModelConfig
-from kpg_lightning.envs.info import GROUP, EnvInfo
+from kpg_lightning.envs.info import ACTION, ACTION_DIM_MASK, OBS, REWARD, TERMINATED, EnvInfo, global_state
 from kpg_lightning.mixers import make_mixer, mix
 from kpg_lightning.models import AgentMLP
 
 __all__ = ["CemAgent", "Comix", "ComixConfig", "cem_maximize"]
-
-OBS, ACTION, DIM_MASK = (GROUP, "observation"), (GROUP, "action"), (GROUP, "action_dim_mask")
 
 
 @torch.no_grad()
@@ -126,7 +124,7 @@ class Comix(Algorithm):
         self.agent = CemAgent(info.n_agents, info.obs_dim, low, high, model.critic_hidden, model.activation,
                               cfg.cem_samples, cfg.cem_elites, cfg.cem_iterations)
         self.mixer = make_mixer(cfg.mixer, info.n_agents, info.critic_state_dim, cfg.mixer_embed_dim,
-                                cfg.hypernet_hidden)
+                                cfg.mixer_hypernet_hidden)
         self.target_agent = deepcopy(self.agent).requires_grad_(False)
         self.target_mixer = deepcopy(self.mixer).requires_grad_(False)
         self.noise = AdditiveGaussianModule(Bounded(low=low, high=high, shape=low.shape),
@@ -135,15 +133,11 @@ class Comix(Algorithm):
 
     def dim_mask(self, td: TensorDictBase) -> Tensor | None:
         """``[B, N, A]`` float mask of the real action dimensions (None: the env has no ``action_dim_mask``)."""
-        return td.get(DIM_MASK).to(td.get(OBS).dtype) if self.info.has_action_dim_mask else None
-
-    def state(self, td: TensorDictBase) -> Tensor:
-        """The mixer's input: the global ``state``, or the joint observation where the env has none."""
-        return td.get("state") if self.info.state_dim is not None else td.get(OBS).flatten(-2)
+        return td.get(ACTION_DIM_MASK).to(td.get(OBS).dtype) if self.info.has_action_dim_mask else None
 
     # -- hooks -----------------------------------------------------------------------------------------------
     def policy(self) -> TensorDictSequential:
-        in_keys = [OBS, DIM_MASK] if self.info.has_action_dim_mask else [OBS]
+        in_keys = [OBS, ACTION_DIM_MASK] if self.info.has_action_dim_mask else [OBS]
         return TensorDictSequential(TensorDictModule(self.agent, in_keys=in_keys, out_keys=[ACTION]), self.noise)
 
     def critic_parameters(self) -> list[nn.Parameter]:
@@ -157,19 +151,21 @@ class Comix(Algorithm):
         nxt = td.get("next")
         with torch.no_grad():
             _, next_q = self.target_agent.maximize(nxt.get(OBS), self.dim_mask(td))
-            reward = nxt.get((GROUP, "reward")).mean(-2)  # [B, 1] team reward
-            not_terminated = nxt.get("terminated").logical_not()
-            return reward + self.cfg.gamma * not_terminated * mix(self.target_mixer, next_q, self.state(nxt))
+            reward = nxt.get(REWARD).mean(-2)  # [B, 1] team reward
+            not_terminated = nxt.get(TERMINATED).logical_not()
+            return reward + self.cfg.gamma * not_terminated * mix(self.target_mixer, next_q, global_state(nxt))
 
     def critic_loss(self, td: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         target = self.td_target(td)
         q = self.agent.q(td.get(OBS), td.get(ACTION), self.dim_mask(td))
-        q_tot = mix(self.mixer, q, self.state(td))
+        q_tot = mix(self.mixer, q, global_state(td))
         return F.mse_loss(q_tot, target), {"q_tot_mean": q_tot.mean().detach(), "target_mean": target.mean()}
 
-    @torch.no_grad()
+    def target_pairs(self) -> list[tuple[Tensor, Tensor]]:
+        return parameter_pairs((self.target_agent, self.agent), (self.target_mixer, self.mixer))
+
     def update_targets(self) -> None:
-        sync_targets([(self.target_agent, self.agent), (self.target_mixer, self.mixer)], "polyak", self.cfg.tau)
+        sync_targets(self.target_pairs(), "polyak", self.cfg.tau)
 
 
 @dataclass
@@ -188,7 +184,7 @@ class ComixConfig(AlgorithmConfig):
     """qmix (monotonic, two-layer hypernetworks) or vdn: monotonic, so the agents' argmaxes are Q_tot's."""
     mixer_embed_dim: int = 64
     """Width of the mixing layer."""
-    hypernet_hidden: int = 64
+    mixer_hypernet_hidden: int = 64
     """Hidden width of the mixer's weight hypernetworks."""
     cem_samples: int = 64
     """Actions CEM samples per agent and iteration."""
@@ -204,7 +200,7 @@ class ComixConfig(AlgorithmConfig):
             yield "tau", "a number in (0, 1]", self.tau
         if self.noise_sigma < 0:
             yield "noise_sigma", "a number >= 0", self.noise_sigma
-        for key in ("mixer_embed_dim", "hypernet_hidden", "cem_samples", "cem_iterations"):
+        for key in ("mixer_embed_dim", "mixer_hypernet_hidden", "cem_samples", "cem_iterations"):
             if getattr(self, key) < 1:
                 yield key, "an integer >= 1", getattr(self, key)
         if not 2 <= self.cem_elites <= self.cem_samples:

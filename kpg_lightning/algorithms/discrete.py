@@ -28,17 +28,15 @@ from torch import Tensor, nn
 from torchrl.envs import Transform
 from torchrl.envs.utils import ExplorationType, exploration_type
 
-from kpg_lightning.algorithms.base import AlgorithmConfig, sync_targets
+from kpg_lightning.algorithms.base import TARGET_UPDATES, AlgorithmConfig, epsilon_at
 from kpg_lightning.config import ModelConfig
-from kpg_lightning.envs.info import GROUP, EnvInfo, masked_random_action
-from kpg_lightning.models import AgentGRU, AgentMLP, recurrent_transforms
+from kpg_lightning.envs.info import ACTION, ACTION_MASK, GROUP, OBS, EnvInfo, masked_random_action
+from kpg_lightning.models import agent_body, recurrent_transforms
 
-__all__ = ["DiscreteActionsConfig", "DiscreteActor", "DiscreteActorCritic", "EpsilonGreedyGumbel", "epsilon_at",
-           "gumbel_noise", "gumbel_one_hot", "masked_logits"]
+__all__ = ["DiscreteActionsConfig", "DiscreteActor", "DiscreteActorCritic", "EpsilonGreedyGumbel", "gumbel_noise",
+           "gumbel_one_hot", "masked_logits"]
 
-OBS, ACTION, MASK = (GROUP, "observation"), (GROUP, "action"), (GROUP, "action_mask")
 LOGITS, NOISE, HIDDEN = (GROUP, "logits"), (GROUP, "gumbel_noise"), "actor_hidden"  # hidden: [*envs, N, H]
-TARGET_UPDATES = ("polyak", "hard")
 
 
 def masked_logits(logits: Tensor, mask: Tensor | None) -> Tensor:
@@ -62,27 +60,13 @@ def gumbel_one_hot(logits: Tensor, noise: Tensor, temperature: float = 1.0) -> T
     return hard + (soft - soft.detach())
 
 
-def epsilon_at(frames: int, start: float, end: float, anneal_frames: int) -> float:
-    """ε annealed linearly from ``start`` to ``end`` over the first ``anneal_frames`` frames, then held."""
-    if anneal_frames <= 0:
-        return end
-    return end + (start - end) * max(0.0, 1.0 - frames / anneal_frames)
-
-
 class DiscreteActor(nn.Module):
     """Shared actor → masked logits ``[..., N, A]``: an :class:`AgentMLP` or, recurrent, an :class:`AgentGRU`."""
 
     def __init__(self, info: EnvInfo, model: ModelConfig):
         super().__init__()
-        n, self.recurrent, self.gru_hidden = info.n_agents, model.recurrent, model.gru_hidden
-        if model.recurrent:
-            if not model.share_params:
-                raise ValueError("model.recurrent: recurrent actors share parameters (model.share_params=true)")
-            self.body = AgentGRU(n, info.obs_dim, info.action_dim, model.actor_hidden, model.gru_hidden,
-                                 model.activation)
-        else:
-            self.body = AgentMLP(n, info.obs_dim, info.action_dim, model.actor_hidden, model.activation,
-                                 model.share_params)
+        self.recurrent, self.gru_hidden = model.recurrent, model.gru_hidden
+        self.body = agent_body(info.n_agents, info.obs_dim, info.action_dim, model)
 
     def forward(self, obs: Tensor, mask: Tensor | None = None, hidden: Tensor | None = None,
                 is_init: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
@@ -126,30 +110,25 @@ class EpsilonGreedyGumbel(nn.Module):
 
 class DiscreteActorCritic:
     """Mixin of the discrete variants (:class:`~kpg_lightning.algorithms.facmac.DiscreteFacmac`,
-    :class:`~kpg_lightning.algorithms.maddpg.DiscreteMaddpg`): the actor, acting, exploration, Gumbel noise, target
-    actions, step means and target updates. The variant's ``__init__`` calls :meth:`init_actor` and defines
-    ``target_pairs``; it supplies the critics, ``critic_loss``, ``level_outputs`` and ``actor_loss``."""
+    :class:`~kpg_lightning.algorithms.maddpg.DiscreteMaddpg`), listed before their continuous parent: the actor,
+    acting, exploration, Gumbel noise, target actions and step means. Its :meth:`init_actor` stands in for the
+    parent's (which the parent's ``__init__`` calls); the variant supplies ``critic_loss``, ``level_outputs`` and
+    ``actor_loss``, and the parent the critics and target updates."""
 
     cfg: DiscreteActionsConfig
     info: EnvInfo
     replay_exclude = (HIDDEN, ("next", HIDDEN), LOGITS)  # the losses re-unroll the actor from each episode start
 
     def init_actor(self, cfg: DiscreteActionsConfig, info: EnvInfo, model: ModelConfig) -> None:
+        """The discrete actor (masked logits, :class:`DiscreteActor`), its target and ε-greedy Gumbel acting."""
         self.actor = DiscreteActor(info, model)
         self.target_actor = deepcopy(self.actor).requires_grad_(False)
         self.acting = EpsilonGreedyGumbel(cfg.epsilon_start)
         self.replay_unit = "episodes" if model.recurrent else "frames"
-        self.register_buffer("target_updates", torch.zeros((), dtype=torch.long),
-                             persistent=cfg.target_update == "hard")
-        self.register_buffer("eye", torch.eye(info.n_agents, dtype=torch.bool).unsqueeze(-1), persistent=False)
-
-    def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """``(target, online)`` module pairs."""
-        raise NotImplementedError
 
     # -- pieces ----------------------------------------------------------------------------------------------
     def mask(self, td: TensorDictBase) -> Tensor | None:
-        return td.get(MASK) if self.info.has_action_mask else None
+        return td.get(ACTION_MASK) if self.info.has_action_mask else None
 
     def live_actions(self, td: TensorDictBase) -> Tensor:
         """The actor's straight-through Gumbel one-hots ``[*batch, N, A]`` with the batch's noise (called under
@@ -191,7 +170,7 @@ class DiscreteActorCritic:
 
     # -- hooks -----------------------------------------------------------------------------------------------
     def policy(self) -> TensorDictSequential:
-        mask = {"mask": MASK} if self.info.has_action_mask else {}  # keyword → tensordict key
+        mask = {"mask": ACTION_MASK} if self.info.has_action_mask else {}  # keyword → tensordict key
         keys, out = {"obs": OBS, **mask}, [LOGITS]
         if self.actor.recurrent:
             keys |= {"hidden": HIDDEN, "is_init": "is_init"}
@@ -216,11 +195,7 @@ class DiscreteActorCritic:
 
     def exploration_step(self, frames: int) -> None:
         cfg = self.cfg
-        self.acting.epsilon.fill_(epsilon_at(frames, cfg.epsilon_start, cfg.epsilon_end, cfg.epsilon_frames))
-
-    def update_targets(self) -> None:
-        cfg = self.cfg
-        sync_targets(self.target_pairs(), cfg.target_update, cfg.tau, cfg.target_update_interval, self.target_updates)
+        self.acting.epsilon.fill_(epsilon_at(frames, cfg.epsilon_start, cfg.epsilon_end, cfg.epsilon_anneal_frames))
 
 
 @dataclass
@@ -237,7 +212,7 @@ class DiscreteActionsConfig(AlgorithmConfig):
     """Discrete actions: ε of ε-greedy exploration at the start (Appendix E.2: 0.5)."""
     epsilon_end: float = 0.05
     """Discrete actions: ε after annealing (Appendix E.2: 0.05)."""
-    epsilon_frames: int = 50_000
+    epsilon_anneal_frames: int = 50_000
     """Discrete actions: frames over which ε anneals linearly (Appendix E.2: 50k)."""
     gumbel_temperature: float = 1.0
     """Discrete actions: temperature of the Gumbel-softmax whose gradient the actor follows."""
@@ -255,8 +230,8 @@ class DiscreteActionsConfig(AlgorithmConfig):
         for key in ("epsilon_start", "epsilon_end"):
             if not 0 <= getattr(self, key) <= 1:
                 yield key, "a number in [0, 1]", getattr(self, key)
-        if self.epsilon_frames < 0:
-            yield "epsilon_frames", "an integer >= 0", self.epsilon_frames
+        if self.epsilon_anneal_frames < 0:
+            yield "epsilon_anneal_frames", "an integer >= 0", self.epsilon_anneal_frames
         for key in ("gumbel_temperature", "reward_scale"):
             if getattr(self, key) <= 0:
                 yield key, "a number > 0", getattr(self, key)

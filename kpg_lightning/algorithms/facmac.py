@@ -45,17 +45,15 @@ from torch import Tensor, nn
 from torchrl.data import Bounded
 from torchrl.modules import AdditiveGaussianModule
 
-from kpg_lightning.algorithms.base import Algorithm, sync_targets
+from kpg_lightning.algorithms.base import Algorithm, parameter_pairs, sync_targets
 from kpg_lightning.algorithms.discrete import DiscreteActionsConfig, DiscreteActorCritic
 from kpg_lightning.config import ModelConfig
-from kpg_lightning.envs.info import GROUP, EnvInfo
+from kpg_lightning.envs.info import ACTION, ACTION_DIM_MASK, OBS, REWARD, TERMINATED, EnvInfo, global_state
 from kpg_lightning.errors import ConfigError
 from kpg_lightning.mixers import MIXERS, make_mixer, mix
-from kpg_lightning.models import AgentMLP, ScaledTanh
+from kpg_lightning.models import AgentMLP, ScaledTanh, agent_body
 
 __all__ = ["DiscreteFacmac", "Facmac", "FacmacConfig", "LevelActions", "LiveForward", "action_penalty"]
-
-OBS, ACTION, DIM_MASK = (GROUP, "observation"), (GROUP, "action"), (GROUP, "action_dim_mask")
 
 
 @dataclass(frozen=True)
@@ -87,38 +85,39 @@ def action_penalty(pre_tanh: Tensor, mask: Tensor | None) -> Tensor:
 
 
 class Facmac(Algorithm):
-    """FACMAC with a shared (or per-agent) deterministic actor; K-FACMAC through the K-level engine.
-
-    ``Facmac.create(cfg, info, model)`` with discrete actions (``info.discrete``) builds a :class:`DiscreteFacmac`.
-    """
+    """FACMAC with a shared (or per-agent) deterministic actor; K-FACMAC through the K-level engine. On discrete
+    action spaces :func:`kpg_lightning.algorithms.make_algorithm` builds its :class:`DiscreteFacmac`."""
 
     recurrent_actors = ("discrete",)  # SMAC's GRU actors; continuous actors are feed-forward
     shares_live_forward = True
 
     def __init__(self, cfg: FacmacConfig, info: EnvInfo, model: ModelConfig):
         super().__init__(cfg, info, model)
+        self.init_actor(cfg, info, model)
+        n = info.n_agents
+        self.critic = AgentMLP(n, info.obs_dim + info.action_dim, 1, model.critic_hidden, model.activation,
+                               share_params=True)
+        self.mixer = make_mixer(cfg.mixer, n, info.critic_state_dim, cfg.mixer_embed_dim, cfg.mixer_hypernet_hidden,
+                                cfg.mixer_init_scale)
+        self.target_critic = deepcopy(self.critic).requires_grad_(False)
+        self.target_mixer = deepcopy(self.mixer).requires_grad_(False)
+        self.register_buffer("eye", self.one_hot_eye(None if info.discrete else info.action_low.device),
+                             persistent=False)
+        self.register_target_counter(cfg.target_update == "hard")
+
+    def init_actor(self, cfg: FacmacConfig, info: EnvInfo, model: ModelConfig) -> None:
+        """The continuous actor ``μ(o) = ScaledTanh(MLP(o))``, its target and Gaussian exploration noise."""
         if model.recurrent:
             raise ConfigError("model.recurrent=True is not allowed: continuous facmac has feed-forward actors "
                               "(GRU actors: discrete action spaces, e.g. SMAC/SMAX)")
-        n, low, high = info.n_agents, info.action_low, info.action_high
+        low, high = info.action_low, info.action_high
         actor_net = nn.Sequential(  # kept apart: the penalty needs the pre-tanh output
-            AgentMLP(n, info.obs_dim, info.action_dim, model.actor_hidden, model.activation, model.share_params),
-            ScaledTanh(low, high),
-        )
+            agent_body(info.n_agents, info.obs_dim, info.action_dim, model), ScaledTanh(low, high))
         self.actor = TensorDictModule(actor_net, in_keys=[OBS], out_keys=[ACTION])
-        self.critic = AgentMLP(n, info.obs_dim + info.action_dim, 1, model.critic_hidden, model.activation,
-                               share_params=True)
-        self.mixer = make_mixer(cfg.mixer, n, info.critic_state_dim, cfg.mixer_embed_dim, cfg.hypernet_hidden,
-                                cfg.mixer_init_scale)
         self.target_actor = deepcopy(actor_net).requires_grad_(False)
-        self.target_critic = deepcopy(self.critic).requires_grad_(False)
-        self.target_mixer = deepcopy(self.mixer).requires_grad_(False)
         spec = Bounded(low=low, high=high, shape=low.shape)
         self.noise = AdditiveGaussianModule(spec, sigma_init=cfg.noise_sigma, sigma_end=cfg.noise_sigma,
                                             annealing_num_steps=1, action_key=ACTION, safe=True)
-        self.register_buffer("eye", self.one_hot_eye(low.device), persistent=False)
-        self.register_buffer("target_updates", torch.zeros((), dtype=torch.long),
-                             persistent=cfg.target_update == "hard")
 
     # -- pieces ----------------------------------------------------------------------------------------------
     def act(self, obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,11 +132,7 @@ class Facmac(Algorithm):
 
     def dim_mask(self, td: TensorDictBase) -> Tensor | None:
         """``[B, N, A]`` float mask of the real action dimensions (None: the env has no ``action_dim_mask``)."""
-        return td.get(DIM_MASK).to(td.get(OBS).dtype) if self.info.has_action_dim_mask else None
-
-    def state(self, td: TensorDictBase) -> Tensor:
-        """The mixer's input: the global ``state``, or the joint observation where the env has none."""
-        return td.get("state") if self.info.state_dim is not None else td.get(OBS).flatten(-2)
+        return td.get(ACTION_DIM_MASK).to(td.get(OBS).dtype) if self.info.has_action_dim_mask else None
 
     # -- hooks -----------------------------------------------------------------------------------------------
     def policy(self) -> TensorDictSequential:
@@ -157,10 +152,10 @@ class Facmac(Algorithm):
         with torch.no_grad():
             next_obs = nxt.get(OBS)
             next_q = self.q_values(self.target_critic, next_obs, self.target_actor(next_obs), mask)
-            reward = nxt.get((GROUP, "reward")).mean(-2) * self.cfg.reward_scale  # [B, 1] team reward
-            not_terminated = nxt.get("terminated").logical_not()
-            target = reward + self.cfg.gamma * not_terminated * mix(self.target_mixer, next_q, self.state(nxt))
-        q_tot = mix(self.mixer, self.q_values(self.critic, obs, td.get(ACTION), mask), self.state(td))
+            reward = nxt.get(REWARD).mean(-2) * self.cfg.reward_scale  # [B, 1] team reward
+            not_terminated = nxt.get(TERMINATED).logical_not()
+            target = reward + self.cfg.gamma * not_terminated * mix(self.target_mixer, next_q, global_state(nxt))
+        q_tot = mix(self.mixer, self.q_values(self.critic, obs, td.get(ACTION), mask), global_state(td))
         return F.mse_loss(q_tot, target), {"q_tot_mean": q_tot.mean().detach(), "target_mean": target.mean()}
 
     def live_forward(self, td: TensorDictBase) -> LiveForward:
@@ -180,7 +175,7 @@ class Facmac(Algorithm):
     def joint_loss(self, td: TensorDictBase, *, live: LiveForward | None = None) -> Tensor:
         """FACMAC's actor loss: ``−Q_tot(s, Q_j(o_j, μ(o_j)) all live) + c · mean(pre_tanh²)``."""
         live = self.live_forward(td) if live is None else live
-        return -mix(self.mixer, live.q, self.state(td)).mean() + self.cfg.action_penalty * live.penalty
+        return -mix(self.mixer, live.q, global_state(td)).mean() + self.cfg.action_penalty * live.penalty
 
     def cases_loss(self, td: TensorDictBase, fixed: Tensor, reduce: bool = True, *,
                    live: LiveForward | None = None) -> Tensor:
@@ -193,18 +188,20 @@ class Facmac(Algorithm):
         with torch.no_grad():
             q_fixed = self.q_values(self.critic, td.get(OBS), fixed, self.dim_mask(td))
         cases = torch.where(self.eye, live.q.unsqueeze(-3), q_fixed.unsqueeze(-3))  # [B, N(case), N, 1]
-        per_case = -mix(self.mixer, cases, self.state(td)).squeeze(-1)  # [B, N(case)]
+        per_case = -mix(self.mixer, cases, global_state(td)).squeeze(-1)  # [B, N(case)]
         if not reduce:
             return per_case
         total = per_case.mean(0).sum()
         total = total - (total - per_case.mean()).detach()  # gradient of the sum, value of the mean
         return total + self.cfg.action_penalty * live.penalty
 
+    def target_pairs(self) -> list[tuple[Tensor, Tensor]]:
+        return parameter_pairs((self.target_actor, self.actor), (self.target_critic, self.critic),
+                               (self.target_mixer, self.mixer))
+
     def update_targets(self) -> None:
-        pairs = ((self.target_actor, self.actor.module), (self.target_critic, self.critic),
-                 (self.target_mixer, self.mixer))
         cfg = self.cfg
-        sync_targets(pairs, cfg.target_update, cfg.tau, cfg.target_update_interval, self.target_updates)
+        sync_targets(self.target_pairs(), cfg.target_update, cfg.tau, cfg.target_update_interval, self.target_updates)
 
 
 class DiscreteFacmac(DiscreteActorCritic, Facmac):
@@ -214,29 +211,16 @@ class DiscreteFacmac(DiscreteActorCritic, Facmac):
     whole episodes ``[B, T]``, averaged over their ``filled`` steps. Level 1 is FACMAC's joint objective (K = 1 is
     discrete FACMAC); level k >= 2 scores the N "agent i live, the others at their level-(k−1) one-hots" cases."""
 
-    def __init__(self, cfg: FacmacConfig, info: EnvInfo, model: ModelConfig):
-        Algorithm.__init__(self, cfg, info, model)
-        self.init_actor(cfg, info, model)
-        self.critic = AgentMLP(info.n_agents, info.obs_dim + info.action_dim, 1, model.critic_hidden,
-                               model.activation, share_params=True)
-        self.mixer = make_mixer(cfg.mixer, info.n_agents, info.critic_state_dim, cfg.mixer_embed_dim,
-                                cfg.hypernet_hidden, cfg.mixer_init_scale)
-        self.target_critic = deepcopy(self.critic).requires_grad_(False)
-        self.target_mixer = deepcopy(self.mixer).requires_grad_(False)
-
-    def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.target_actor, self.actor), (self.target_critic, self.critic), (self.target_mixer, self.mixer)]
-
     def q_tot(self, critic: nn.Module, mixer: nn.Module, td: TensorDictBase, actions: Tensor) -> Tensor:
         """``Q_tot(s, Q_j(o_j, a_j))`` ``[*batch, 1]`` of one-hot ``actions [*batch, N, A]``."""
-        return mix(mixer, self.q_values(critic, td.get(OBS), actions, None), self.state(td))
+        return mix(mixer, self.q_values(critic, td.get(OBS), actions, None), global_state(td))
 
     def critic_loss(self, td: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         nxt = td.get("next")
         with torch.no_grad():
-            reward = nxt.get((GROUP, "reward")).mean(-2) * self.cfg.reward_scale  # [*batch, 1] team reward
+            reward = nxt.get(REWARD).mean(-2) * self.cfg.reward_scale  # [*batch, 1] team reward
             next_q = self.q_tot(self.target_critic, self.target_mixer, nxt, self.next_actions(td))
-            target = reward + self.cfg.gamma * nxt.get("terminated").logical_not() * next_q
+            target = reward + self.cfg.gamma * nxt.get(TERMINATED).logical_not() * next_q
         q_tot = self.q_tot(self.critic, self.mixer, td, self.stored_actions(td))
         loss = self.step_mean((q_tot - target).pow(2), td)
         return loss, {"q_tot_mean": self.step_mean(q_tot.detach(), td), "target_mean": self.step_mean(target, td)}
@@ -251,7 +235,7 @@ class DiscreteFacmac(DiscreteActorCritic, Facmac):
     def joint_loss(self, td: TensorDictBase, *, live: LiveForward | None = None) -> Tensor:
         """Discrete FACMAC's actor loss: ``−Q_tot(s, Q_j(o_j, a_j) all live)`` over the real steps."""
         live = self.live_forward(td) if live is None else live
-        q_tot = mix(self.mixer, live.q, self.state(td))
+        q_tot = mix(self.mixer, live.q, global_state(td))
         return -self.step_mean(q_tot, td) + self.cfg.action_penalty * live.penalty
 
     def cases_loss(self, td: TensorDictBase, fixed: Tensor, reduce: bool = True, *,
@@ -262,7 +246,7 @@ class DiscreteFacmac(DiscreteActorCritic, Facmac):
         with torch.no_grad():
             q_fixed = self.q_values(self.critic, td.get(OBS), fixed, None)
         cases = torch.where(self.eye, live.q.unsqueeze(-3), q_fixed.unsqueeze(-3))  # [*batch, N(case), N, 1]
-        per_case = -mix(self.mixer, cases, self.state(td)).squeeze(-1)
+        per_case = -mix(self.mixer, cases, global_state(td)).squeeze(-1)
         if not reduce:
             return per_case
         mean = self.step_mean(per_case, td)
@@ -270,8 +254,6 @@ class DiscreteFacmac(DiscreteActorCritic, Facmac):
         # gradient of the sum over cases, value of the mean; the penalty as at level 1
         return total - (total - mean).detach() + self.cfg.action_penalty * live.penalty
 
-
-Facmac.discrete_variant = DiscreteFacmac
 
 @dataclass
 class FacmacConfig(DiscreteActionsConfig):
@@ -288,7 +270,7 @@ class FacmacConfig(DiscreteActionsConfig):
     """qmix (monotonic, two-layer hypernetworks), qmix_nonmonotonic or vdn."""
     mixer_embed_dim: int = 64
     """Width of the mixing layer."""
-    hypernet_hidden: int = 64
+    mixer_hypernet_hidden: int = 64
     """Hidden width of the mixer's weight hypernetworks."""
     mixer_init_scale: float | None = None
     """Orthogonal init gain of the qmix mixer's layers (zero biases; JaxMARL on SMAX: 0.001); null: PyTorch's."""
@@ -305,6 +287,6 @@ class FacmacConfig(DiscreteActionsConfig):
                 yield key, "a number >= 0", getattr(self, key)
         if self.mixer_init_scale is not None and self.mixer_init_scale <= 0:
             yield "mixer_init_scale", "null or a number > 0", self.mixer_init_scale
-        for key in ("mixer_embed_dim", "hypernet_hidden"):
+        for key in ("mixer_embed_dim", "mixer_hypernet_hidden"):
             if getattr(self, key) < 1:
                 yield key, "an integer >= 1", getattr(self, key)

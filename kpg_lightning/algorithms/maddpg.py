@@ -3,8 +3,11 @@
 Actor objective of agent i at level k: maximise Q_i(s, a_i = μ_θ(o_i), a_−i = μ_θ⁽ᵏ⁻¹⁾(o_−i)), the others'
 actions fixed at their level-(k−1) values (level 0: the current actor's, not the buffer's). The N "agent i live"
 cases are scored in one batched critic pass; the live actions μ_θ(o) are computed once per K-level step and shared by
-every level (they are also level 0's actions). The critic's TD loss is TorchRL's ``DDPGLoss``, its targets move by
-``SoftUpdate`` (Polyak) or ``HardUpdate`` (``target_update: hard``).
+every level (they are also level 0's actions). The critic's TD loss is TorchRL's ``DDPGLoss``; its target copies of
+actor and critic move by :func:`~kpg_lightning.algorithms.base.sync_targets`, as every algorithm's targets do
+(Polyak, or hard copies counted in the checkpointed ``target_updates`` buffer). The critic reads the global state
+(:func:`~kpg_lightning.envs.info.global_state`), which :meth:`Maddpg.process_batch` writes into the sampled batch for
+``DDPGLoss``'s keyed modules where the env has no ``state`` (replay does not store it).
 
 ``critic: team`` replaces the per-agent critic (agent-id input, N rows per sample) by one team value Q(s, a) that
 every agent shares, BenchMARL's shared centralised critic: one row per sample. Level 1 is then MADDPG's joint
@@ -28,33 +31,30 @@ from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import Tensor, nn
 from torchrl.data import Bounded
 from torchrl.modules import AdditiveGaussianModule
-from torchrl.objectives import DDPGLoss, HardUpdate, SoftUpdate, ValueEstimators
+from torchrl.objectives import DDPGLoss, ValueEstimators
 
-from kpg_lightning.algorithms.base import Algorithm, expand_done
+from kpg_lightning.algorithms.base import Algorithm, expand_done, parameter_pairs, sync_targets
 from kpg_lightning.algorithms.discrete import DiscreteActionsConfig, DiscreteActorCritic
 from kpg_lightning.config import ModelConfig
-from kpg_lightning.envs.info import GROUP, EnvInfo
+from kpg_lightning.envs.info import (
+    ACTION,
+    AGENT_DONE,
+    AGENT_TERMINATED,
+    GROUP,
+    OBS,
+    REWARD,
+    STATE,
+    TERMINATED,
+    EnvInfo,
+    global_state,
+)
 from kpg_lightning.errors import ConfigError
-from kpg_lightning.models import AgentMLP, CentralCritic, ScaledTanh
+from kpg_lightning.models import CentralCritic, ScaledTanh, agent_body
 
 __all__ = ["DiscreteMaddpg", "Maddpg", "MaddpgConfig", "cases_objective"]
 
-OBS, ACTION = (GROUP, "observation"), (GROUP, "action")
+Q_VALUE = (GROUP, "state_action_value")
 CRITICS = ("per_agent", "team")
-
-
-class _CriticInput(nn.Module):
-    """Reads the global state, or flattens the joint observation where the env has no state."""
-
-    def __init__(self, critic: CentralCritic, from_obs: bool):
-        super().__init__()
-        self.critic, self.from_obs = critic, from_obs
-
-    def state(self, state_or_obs: Tensor) -> Tensor:
-        return state_or_obs.flatten(-2) if self.from_obs else state_or_obs
-
-    def forward(self, state_or_obs: Tensor, action: Tensor) -> Tensor:
-        return self.critic(self.state(state_or_obs), action)
 
 
 def cases_objective(critic: CentralCritic, eye: Tensor, state: Tensor, live: Tensor, others: Tensor | None,
@@ -82,41 +82,43 @@ def cases_objective(critic: CentralCritic, eye: Tensor, state: Tensor, live: Ten
 
 
 class Maddpg(Algorithm):
-    """MADDPG with a shared (or per-agent) deterministic actor; K-MADDPG through the K-level engine.
-
-    ``Maddpg.create(cfg, info, model)`` with discrete actions (``info.discrete``) builds a :class:`DiscreteMaddpg`.
-    """
+    """MADDPG with a shared (or per-agent) deterministic actor; K-MADDPG through the K-level engine. On discrete
+    action spaces :func:`kpg_lightning.algorithms.make_algorithm` builds its :class:`DiscreteMaddpg`."""
 
     recurrent_actors = ("discrete",)  # SMAC's GRU actors; continuous actors are feed-forward
     shares_live_forward = True
 
     def __init__(self, cfg: MaddpgConfig, info: EnvInfo, model: ModelConfig):
         super().__init__(cfg, info, model)
+        self.init_actor(cfg, info, model)
+        self.init_critic(cfg, CentralCritic(info.n_agents, info.critic_state_dim, info.action_dim, model.critic_hidden,
+                                            model.activation, per_agent=cfg.critic == "per_agent"))
+        self.register_buffer("eye", self.one_hot_eye(None if info.discrete else info.action_low.device),
+                             persistent=False)
+        self.register_target_counter(cfg.target_update == "hard")
+
+    def init_actor(self, cfg: MaddpgConfig, info: EnvInfo, model: ModelConfig) -> None:
+        """The continuous actor ``μ(o) = ScaledTanh(MLP(o))`` and Gaussian exploration noise."""
         if model.recurrent:
             raise ConfigError("model.recurrent=True is not allowed: continuous maddpg has feed-forward actors "
                               "(GRU actors: discrete action spaces, e.g. SMAC/SMAX)")
-        n, low, high = info.n_agents, info.action_low, info.action_high
-        actor_net = nn.Sequential(
-            AgentMLP(n, info.obs_dim, info.action_dim, model.actor_hidden, model.activation, model.share_params),
-            ScaledTanh(low, high),
-        )
+        low, high = info.action_low, info.action_high
+        actor_net = nn.Sequential(agent_body(info.n_agents, info.obs_dim, info.action_dim, model),
+                                  ScaledTanh(low, high))
         self.actor = TensorDictModule(actor_net, in_keys=[OBS], out_keys=[ACTION])
-        self.state_key = "state" if info.state_dim is not None else OBS
-        critic = CentralCritic(n, info.critic_state_dim, info.action_dim, model.critic_hidden, model.activation,
-                               per_agent=cfg.critic == "per_agent")
-        self.critic_input = _CriticInput(critic, from_obs=info.state_dim is None)
-        self.critic = TensorDictModule(self.critic_input, in_keys=[self.state_key, ACTION],
-                                       out_keys=[(GROUP, "state_action_value")])
+        self.noise = AdditiveGaussianModule(Bounded(low=low, high=high, shape=low.shape), sigma_init=cfg.noise_sigma,
+                                            sigma_end=cfg.noise_sigma, annealing_num_steps=1, action_key=ACTION,
+                                            safe=True)
+
+    def init_critic(self, cfg: MaddpgConfig, critic: CentralCritic) -> None:
+        """TorchRL's ``DDPGLoss`` (TD(0), l2) over ``critic`` on ``(state, joint action)``, with its target copies of
+        actor and critic (moved by :meth:`update_targets`)."""
+        self.critic = TensorDictModule(critic, in_keys=[STATE, ACTION], out_keys=[Q_VALUE])
         self.loss = DDPGLoss(self.actor, self.critic, delay_actor=True, delay_value=True, loss_function="l2")
-        self.loss.set_keys(state_action_value=(GROUP, "state_action_value"), reward=(GROUP, "reward"),
-                           done=(GROUP, "done"), terminated=(GROUP, "terminated"))
+        self.loss.set_keys(state_action_value=Q_VALUE, reward=REWARD, done=AGENT_DONE, terminated=AGENT_TERMINATED)
         self.loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.gamma)
-        self.target_updater = (SoftUpdate(self.loss, tau=cfg.tau) if cfg.target_update == "polyak"
-                               else HardUpdate(self.loss, value_network_update_interval=cfg.target_update_interval))
-        spec = Bounded(low=low, high=high, shape=low.shape)
-        self.noise = AdditiveGaussianModule(spec, sigma_init=cfg.noise_sigma, sigma_end=cfg.noise_sigma,
-                                            annealing_num_steps=1, action_key=ACTION, safe=True)
-        self.register_buffer("eye", self.one_hot_eye(low.device), persistent=False)
+        # the targets are updated by hand (update_targets), as TorchRL's warning allows: tell the loss so
+        self.loss._has_update_associated.update(dict.fromkeys(self.loss._has_update_associated, True))
 
     def policy(self) -> TensorDictSequential:
         return TensorDictSequential(self.actor, self.noise)
@@ -128,9 +130,12 @@ class Maddpg(Algorithm):
         return list(self.critic.parameters())
 
     def process_batch(self, td: TensorDictBase) -> TensorDictBase:
+        """Per-agent done flags, the critic's input ``state`` (:func:`global_state`) now and next, scaled rewards."""
         td = expand_done(td)
+        for sample in (td, td.get("next")):
+            sample.set(STATE, global_state(sample))
         if self.cfg.reward_scale != 1:
-            td.set(("next", GROUP, "reward"), td.get(("next", GROUP, "reward")) * self.cfg.reward_scale)
+            td.set(("next", *REWARD), td.get(("next", *REWARD)) * self.cfg.reward_scale)
         return td
 
     def critic_loss(self, td: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
@@ -151,11 +156,19 @@ class Maddpg(Algorithm):
                    live: Tensor | None = None) -> Tensor:
         """``-Q_i(s, a_i live, a_-i = others)`` averaged over batch and agents (``[..., N]`` if not ``reduce``)."""
         live = self.live_forward(td) if live is None else live
-        state = self.critic_input.state(td.get(self.state_key))
-        return cases_objective(self.critic_input.critic, self.eye, state, live, others, reduce, Tensor.mean)
+        return cases_objective(self.critic.module, self.eye, global_state(td), live, others, reduce, Tensor.mean)
+
+    def target_pairs(self) -> list[tuple[Tensor, Tensor]]:
+        """``DDPGLoss``'s target copies of the actor's and the critic's parameters, with their online ones."""
+        pairs = []
+        for name in ("actor_network", "value_network"):
+            online, target = getattr(self.loss, f"{name}_params"), getattr(self.loss, f"target_{name}_params")
+            pairs += [(target.get(key), p) for key, p in online.items(True, True) if p.requires_grad]
+        return pairs
 
     def update_targets(self) -> None:
-        self.target_updater.step()
+        cfg = self.cfg
+        sync_targets(self.target_pairs(), cfg.target_update, cfg.tau, cfg.target_update_interval, self.target_updates)
 
 
 class DiscreteMaddpg(DiscreteActorCritic, Maddpg):
@@ -164,28 +177,22 @@ class DiscreteMaddpg(DiscreteActorCritic, Maddpg):
     actions; with a GRU actor every loss runs over whole episodes ``[B, T]``, averaged over their ``filled`` steps.
     Level k scores agent i live and the others at their level-(k−1) one-hots (level 0: the current actor's)."""
 
-    def __init__(self, cfg: MaddpgConfig, info: EnvInfo, model: ModelConfig):
-        Algorithm.__init__(self, cfg, info, model)
-        self.init_actor(cfg, info, model)
-        self.critic = CentralCritic(info.n_agents, info.critic_state_dim, info.action_dim, model.critic_hidden,
-                                    model.activation, per_agent=cfg.critic == "per_agent")
-        self.target_critic = deepcopy(self.critic).requires_grad_(False)
+    def init_critic(self, cfg: MaddpgConfig, critic: CentralCritic) -> None:
+        """``critic`` itself on ``(global state, one-hot joint action)`` and its target copy."""
+        self.critic = critic
+        self.target_critic = deepcopy(critic).requires_grad_(False)
 
-    def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.target_actor, self.actor), (self.target_critic, self.critic)]
-
-    def state(self, td: TensorDictBase) -> Tensor:
-        """The critic's input: the global ``state``, or the joint observation where the env has none."""
-        return td.get("state") if self.info.state_dim is not None else td.get(OBS).flatten(-2)
+    def target_pairs(self) -> list[tuple[Tensor, Tensor]]:
+        return parameter_pairs((self.target_actor, self.actor), (self.target_critic, self.critic))
 
     def critic_loss(self, td: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         nxt = td.get("next")
         with torch.no_grad():
-            next_q = self.target_critic(self.state(nxt), self.next_actions(td))  # [*batch, N, 1]
-            not_terminated = nxt.get("terminated").logical_not().unsqueeze(-2)
-            reward = nxt.get((GROUP, "reward")) * self.cfg.reward_scale
+            next_q = self.target_critic(global_state(nxt), self.next_actions(td))  # [*batch, N, 1]
+            not_terminated = nxt.get(TERMINATED).logical_not().unsqueeze(-2)
+            reward = nxt.get(REWARD) * self.cfg.reward_scale
             target = reward + self.cfg.gamma * not_terminated * next_q
-        q = self.critic(self.state(td), self.stored_actions(td))
+        q = self.critic(global_state(td), self.stored_actions(td))
         loss = self.step_mean((q - target).pow(2), td)
         return loss, {"q_mean": self.step_mean(q.detach(), td), "target_mean": self.step_mean(target, td)}
 
@@ -196,11 +203,9 @@ class DiscreteMaddpg(DiscreteActorCritic, Maddpg):
                    live: Tensor | None = None) -> Tensor:
         """``-Q_i(s, a_i live, a_-i = others)`` over the real steps and agents (``[*batch, N]`` if not ``reduce``)."""
         live = self.live_forward(td) if live is None else live
-        return cases_objective(self.critic, self.eye, self.state(td), live, others, reduce,
+        return cases_objective(self.critic, self.eye, global_state(td), live, others, reduce,
                                lambda x: self.step_mean(x, td))
 
-
-Maddpg.discrete_variant = DiscreteMaddpg
 
 @dataclass
 class MaddpgConfig(DiscreteActionsConfig):

@@ -29,12 +29,22 @@ from torchrl.objectives.value import MultiAgentGAE
 
 from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig
 from kpg_lightning.config import ModelConfig
-from kpg_lightning.envs.info import GROUP, EnvInfo
-from kpg_lightning.models import AgentGRU, AgentMLP, recurrent_transforms
+from kpg_lightning.envs.info import (
+    ACTION,
+    ACTION_MASK,
+    DONE,
+    GROUP,
+    OBS,
+    REWARD,
+    STATE,
+    TERMINATED,
+    EnvInfo,
+    global_state,
+)
+from kpg_lightning.models import AgentMLP, agent_body, recurrent_transforms
 
 __all__ = ["IppoConfig", "Mappo", "MappoConfig"]
 
-OBS, ACTION, MASK = (GROUP, "observation"), (GROUP, "action"), (GROUP, "action_mask")
 LOGP, VALUE, HIDDEN = (GROUP, "action_log_prob"), (GROUP, "state_value"), "rnn_hidden"  # hidden: [envs, N, H]
 ADV, TARGET = (GROUP, "advantage"), (GROUP, "value_target")
 
@@ -46,14 +56,7 @@ class ActorNet(nn.Module):
         super().__init__()
         out = info.action_dim if info.discrete else 2 * info.action_dim
         self.recurrent = model.recurrent
-        if model.recurrent:
-            if not model.share_params:
-                raise ValueError("model.recurrent: recurrent actors share parameters (model.share_params=true)")
-            self.body = AgentGRU(info.n_agents, info.obs_dim, out, model.actor_hidden, model.gru_hidden,
-                                 model.activation)
-        else:
-            self.body = AgentMLP(info.n_agents, info.obs_dim, out, model.actor_hidden, model.activation,
-                                 model.share_params)
+        self.body = agent_body(info.n_agents, info.obs_dim, out, model)
         self.extract = None if info.discrete else NormalParamExtractor()
 
     def _params(self, out: Tensor) -> tuple[Tensor, ...]:
@@ -74,17 +77,17 @@ class ActorNet(nn.Module):
 
 
 class ValueNet(nn.Module):
-    """V_i(s, i) from the global state (or joint observation), or V_i(o_i, i) from the local one: ``[..., N, 1]``."""
+    """V_i(s, i) from the global state (:func:`~kpg_lightning.envs.info.global_state`), or V_i(o_i, i) from the local
+    observation: ``[..., N, 1]``."""
 
     def __init__(self, info: EnvInfo, model: ModelConfig, centralized: bool):
         super().__init__()
-        self.n, self.centralized, self.from_obs = info.n_agents, centralized, info.state_dim is None
+        self.n, self.centralized = info.n_agents, centralized
         in_dim = info.critic_state_dim if centralized else info.obs_dim
         self.net = AgentMLP(info.n_agents, in_dim, 1, model.critic_hidden, model.activation, share_params=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.centralized:  # state [..., S] (or obs [..., N, F] flattened) → the same input for every agent
-            x = x.flatten(-2) if self.from_obs else x
+        if self.centralized:  # state [..., S] → the same input for every agent
             x = x.unsqueeze(-2).expand(*x.shape[:-1], self.n, x.shape[-1])
         return self.net(x)
 
@@ -101,7 +104,7 @@ class Mappo(Algorithm):
         params = ["logits"] if info.discrete else ["loc", "scale"]
         net_in = [OBS, HIDDEN, "is_init"] if model.recurrent else [OBS]
         net_out = [(GROUP, p) for p in params] + ([("next", HIDDEN)] if model.recurrent else [])
-        dist_in = {p: (GROUP, p) for p in params} | ({"mask": MASK} if info.has_action_mask else {})
+        dist_in = {p: (GROUP, p) for p in params} | ({"mask": ACTION_MASK} if info.has_action_mask else {})
         if info.discrete:
             self.dist_class, self.dist_kwargs = (MaskedCategorical if info.has_action_mask else Categorical), {}
         else:  # bounds as buffers, so they follow the module's device; the kwargs dict is shared with the actor
@@ -113,13 +116,12 @@ class Mappo(Algorithm):
                                         distribution_kwargs=self.dist_kwargs, return_log_prob=True,
                                         log_prob_key=LOGP)
         centralized = cfg.centralized_critic
-        self.critic = TensorDictModule(ValueNet(info, model, centralized),
-                                       in_keys=["state" if centralized and info.state_dim else OBS],
+        self.critic = TensorDictModule(ValueNet(info, model, centralized), in_keys=[STATE if centralized else OBS],
                                        out_keys=[VALUE])
         self.gae = MultiAgentGAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda, value_network=self.critic,
                                  deactivate_vmap=True)
-        self.gae.set_keys(advantage=ADV, value_target=TARGET, value=VALUE, reward=(GROUP, "reward"),
-                          done="done", terminated="terminated")
+        self.gae.set_keys(advantage=ADV, value_target=TARGET, value=VALUE, reward=REWARD, done=DONE,
+                          terminated=TERMINATED)
         self._plan: list[Tensor] | None = None
 
     # -- acting -------------------------------------------------------------------------------------------------
@@ -147,7 +149,7 @@ class Mappo(Algorithm):
         params = dict(zip(["logits"] if self.info.discrete else ["loc", "scale"], self.actor_net.sequence(td),
                           strict=True))
         if self.info.has_action_mask:
-            params["mask"] = td.get(MASK)
+            params["mask"] = td.get(ACTION_MASK)
         self._sync_bounds()
         return self.dist_class(**params, **self.dist_kwargs)
 
@@ -158,7 +160,11 @@ class Mappo(Algorithm):
     # -- update ---------------------------------------------------------------------------------------------------
     def process_batch(self, td: TensorDictBase) -> TensorDictBase:
         """GAE advantages and value targets of the rollout under the critic before this update; a single env's
-        rollout ``[T]`` becomes ``[1, T]``."""
+        rollout ``[T]`` becomes ``[1, T]``. A centralized critic reads ``state`` (:func:`global_state`), written into
+        the rollout now and next where the env has none."""
+        if self.cfg.centralized_critic:
+            for sample in (td, td.get("next")):
+                sample.set(STATE, global_state(sample))
         with torch.no_grad():
             return self.gae(td.unsqueeze(0) if td.ndim == 1 else td)
 

@@ -38,15 +38,14 @@ from torchrl.data import Categorical
 from torchrl.envs import Transform
 from torchrl.modules import EGreedyModule, QValueModule
 
-from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig, sync_targets
+from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig, epsilon_at, parameter_pairs, sync_targets
 from kpg_lightning.config import ModelConfig
-from kpg_lightning.envs.info import GROUP, EnvInfo
+from kpg_lightning.envs.info import ACTION, ACTION_MASK, GROUP, OBS, REWARD, TERMINATED, EnvInfo, global_state
 from kpg_lightning.mixers import MIXERS, make_mixer, mix
-from kpg_lightning.models import AgentGRU, AgentMLP, recurrent_transforms
+from kpg_lightning.models import agent_body, recurrent_transforms
 
 __all__ = ["IqlConfig", "QNet", "Qmix", "QmixConfig", "VdnConfig"]
 
-OBS, ACTION, MASK = (GROUP, "observation"), (GROUP, "action"), (GROUP, "action_mask")
 QVALUE, CHOSEN, HIDDEN = (GROUP, "action_value"), (GROUP, "chosen_action_value"), "rnn_hidden"
 
 
@@ -56,12 +55,7 @@ class QNet(nn.Module):
     def __init__(self, info: EnvInfo, model: ModelConfig):
         super().__init__()
         self.recurrent, self.gru_hidden = model.recurrent, model.gru_hidden
-        if model.recurrent:
-            self.body = AgentGRU(info.n_agents, info.obs_dim, info.action_dim, model.actor_hidden,
-                                 model.gru_hidden, model.activation)
-        else:
-            self.body = AgentMLP(info.n_agents, info.obs_dim, info.action_dim, model.actor_hidden,
-                                 model.activation, model.share_params)
+        self.body = agent_body(info.n_agents, info.obs_dim, info.action_dim, model)
 
     def forward(self, obs: Tensor, hidden: Tensor | None = None, is_init: Tensor | None = None) -> Any:
         """One step (acting): ``(q, next hidden)`` when recurrent, else ``q``."""
@@ -94,8 +88,8 @@ class Qmix(Algorithm):
             init_scale=cfg.mixer_init_scale)
         self.target_q_net = deepcopy(self.q_net).requires_grad_(False)
         self.target_mixer = None if self.mixer is None else deepcopy(self.mixer).requires_grad_(False)
-        self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # counts toward the hard copies
-        mask = MASK if info.has_action_mask else None
+        self.register_target_counter(hard=True)
+        mask = ACTION_MASK if info.has_action_mask else None
         net_in = [OBS, HIDDEN, "is_init"] if model.recurrent else [OBS]
         net_out = [QVALUE, ("next", HIDDEN)] if model.recurrent else [QVALUE]
         self.explore = EGreedyModule(Categorical(info.action_dim, shape=(n,), dtype=torch.int64),
@@ -119,10 +113,9 @@ class Qmix(Algorithm):
         return recurrent_transforms(HIDDEN, self.info.n_agents, self.model_cfg.gru_hidden)
 
     def epsilon(self, frames: int) -> float:
-        """ε after ``frames`` collected frames: linear from ``epsilon_start`` to ``epsilon_end``, then flat."""
+        """ε after ``frames`` collected frames (:func:`~kpg_lightning.algorithms.base.epsilon_at`)."""
         cfg = self.cfg
-        progress = min(1.0, frames / cfg.epsilon_anneal_frames) if cfg.epsilon_anneal_frames > 0 else 1.0
-        return cfg.epsilon_start + progress * (cfg.epsilon_end - cfg.epsilon_start)
+        return epsilon_at(frames, cfg.epsilon_start, cfg.epsilon_end, cfg.epsilon_anneal_frames)
 
     def exploration_step(self, frames: int) -> None:
         self.explore.eps.fill_(self.epsilon(frames))
@@ -134,16 +127,12 @@ class Qmix(Algorithm):
     def process_batch(self, td: TensorDictBase) -> TensorDictBase:
         return td  # team targets read the root ``terminated``; IQL broadcasts it over agents
 
-    def state(self, td: TensorDictBase) -> Tensor:
-        """The mixer's input: the global ``state``, or the joint observation where the env has none."""
-        return td.get("state") if self.info.state_dim is not None else td.get(OBS).flatten(-2)
-
     def available(self, td: TensorDictBase) -> Tensor | None:
         """Available next actions ``[B, T, N, A]`` (None without masks); an all-unavailable row (padding) counts
         as all available, so its max stays finite — padded steps are excluded from the loss anyway."""
         if not self.info.has_action_mask:
             return None
-        mask = td.get(("next", *MASK))
+        mask = td.get(("next", *ACTION_MASK))
         return mask | ~mask.any(-1, keepdim=True)
 
     def td_terms(self, td: TensorDictBase) -> tuple[Tensor, Tensor, Tensor]:
@@ -165,14 +154,14 @@ class Qmix(Algorithm):
                 next_value = next_q.gather(-1, best)
             else:
                 next_value = (next_q if mask is None else next_q.masked_fill(~mask, -torch.inf)).amax(-1, True)
-            reward = td.get(("next", GROUP, "reward")) * cfg.reward_scale  # [B, T, N, 1]
-            not_terminated = td.get(("next", "terminated")).logical_not()  # [B, T, 1]
+            reward = td.get(("next", *REWARD)) * cfg.reward_scale  # [B, T, N, 1]
+            not_terminated = td.get(("next", TERMINATED)).logical_not()  # [B, T, 1]
             if self.target_mixer is None:  # IQL: per-agent targets
                 target = reward + cfg.gamma * not_terminated.unsqueeze(-2) * next_value
             else:
-                next_tot = mix(self.target_mixer, next_value, self.state(td.get("next")))
+                next_tot = mix(self.target_mixer, next_value, global_state(td.get("next")))
                 target = reward.mean(-2) + cfg.gamma * not_terminated * next_tot
-        value = taken if self.mixer is None else mix(self.mixer, taken, self.state(td))
+        value = taken if self.mixer is None else mix(self.mixer, taken, global_state(td))
         filled = td.get("filled")
         return value, target, (filled if self.mixer is not None else filled.unsqueeze(-2)).expand_as(value)
 
@@ -185,13 +174,13 @@ class Qmix(Algorithm):
                       "target_mean": torch.where(filled, target, 0.0).sum() / count,
                       "epsilon": self.explore.eps.detach().clone()}
 
-    @torch.no_grad()
+    def target_pairs(self) -> list[tuple[Tensor, Tensor]]:
+        return parameter_pairs((self.target_q_net, self.q_net),
+                               *(() if self.mixer is None else ((self.target_mixer, self.mixer),)))
+
     def update_targets(self) -> None:
         """Hard copy of the online net (and mixer) every ``target_update_interval`` calls, one per update."""
-        pairs = [(self.target_q_net, self.q_net)]
-        if self.mixer is not None:
-            pairs.append((self.target_mixer, self.mixer))
-        sync_targets(pairs, "hard", interval=self.cfg.target_update_interval, updates=self.updates)
+        sync_targets(self.target_pairs(), "hard", interval=self.cfg.target_update_interval, updates=self.target_updates)
 
 
 @dataclass

@@ -27,9 +27,21 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Binary, Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 
+from kpg_lightning.envs.info import (
+    ACTION,
+    ACTION_DIM_MASK,
+    DONE,
+    DONE_FLAGS,
+    GROUP,
+    OBS,
+    REWARD,
+    STATE,
+    TERMINATED,
+    TRUNCATED,
+)
+
 __all__ = ["MamujocoEnv", "MamujocoInfo", "make_mamujoco_env", "mamujoco_info", "mamujoco_scenarios"]
 
-_GROUP = "agents"
 _SEGMENT_SCENARIOS = ("ManySegmentAnt", "ManySegmentSwimmer")  # agent_conf is any "<n_agents>x<segments>"
 
 
@@ -169,44 +181,23 @@ class MamujocoEnv(EnvBase):
             mask[i, : len(ids)] = True
         self._mask = torch.as_tensor(mask, device=self.device)
         dev = self.device
-        self.observation_spec = Composite(
-            {
-                _GROUP: Composite(
-                    observation=Unbounded((n, info.obs_dim), dtype=torch.float32, device=dev),
-                    action_dim_mask=Binary(shape=(n, info.act_dim), dtype=torch.bool, device=dev),
-                    shape=(n,),
-                    device=dev,
-                ),
-                "state": Unbounded((info.state_dim,), dtype=torch.float32, device=dev),
-            },
-            device=dev,
-        )
-        self.action_spec = Composite(
-            {
-                _GROUP: Composite(
-                    action=Bounded(
-                        low=torch.as_tensor(low, device=dev),
-                        high=torch.as_tensor(high, device=dev),
-                        shape=(n, info.act_dim),
-                        dtype=torch.float32,
-                        device=dev,
-                    ),
-                    shape=(n,),
-                    device=dev,
-                )
-            },
-            device=dev,
-        )
-        self.reward_spec = Composite(
-            {_GROUP: Composite(reward=Unbounded((n, 1), dtype=torch.float32, device=dev), shape=(n,))},
-            device=dev,
-        )
+        observation = Composite({GROUP: Composite(shape=(n,), device=dev)}, device=dev)
+        observation[OBS] = Unbounded((n, info.obs_dim), dtype=torch.float32, device=dev)
+        observation[ACTION_DIM_MASK] = Binary(shape=(n, info.act_dim), dtype=torch.bool, device=dev)
+        observation[STATE] = Unbounded((info.state_dim,), dtype=torch.float32, device=dev)
+        self.observation_spec = observation
+        action = Composite({GROUP: Composite(shape=(n,), device=dev)}, device=dev)
+        action[ACTION] = Bounded(low=torch.as_tensor(low, device=dev), high=torch.as_tensor(high, device=dev),
+                                 shape=(n, info.act_dim), dtype=torch.float32, device=dev)
+        self.action_spec = action
+        reward = Composite({GROUP: Composite(shape=(n,))}, device=dev)
+        reward[REWARD] = Unbounded((n, 1), dtype=torch.float32, device=dev)
+        self.reward_spec = reward
         flag = functools.partial(Categorical, n=2, dtype=torch.bool, device=dev)
-        keys = ("done", "terminated", "truncated")
         self.done_spec = Composite(
             {
-                **{key: flag(shape=(1,)) for key in keys},
-                _GROUP: Composite({key: flag(shape=(n, 1)) for key in keys}, shape=(n,), device=dev),
+                **{key: flag(shape=(1,)) for key in DONE_FLAGS},
+                GROUP: Composite({key: flag(shape=(n, 1)) for key in DONE_FLAGS}, shape=(n,), device=dev),
             },
             device=dev,
         )
@@ -217,31 +208,27 @@ class MamujocoEnv(EnvBase):
         obs = np.zeros((n, info.obs_dim), np.float32)
         for i, agent in enumerate(self._agents):
             obs[i, : info.obs_sizes[i]] = observations[agent]
-        flags = {"done": terminated or truncated, "terminated": terminated, "truncated": truncated}
+        flags = {DONE: terminated or truncated, TERMINATED: terminated, TRUNCATED: truncated}
         dev = self.device
-        group = {key: torch.full((n, 1), value, dtype=torch.bool, device=dev) for key, value in flags.items()}
-        group.update(
-            observation=torch.from_numpy(obs).to(dev),
-            action_dim_mask=self._mask.clone(),
-            reward=torch.full((n, 1), reward, dtype=torch.float32, device=dev),
-        )
-        root = {key: torch.tensor([value], device=dev) for key, value in flags.items()}
-        state = torch.from_numpy(np.asarray(self._env.state(), dtype=np.float32)).to(dev)
-        return TensorDict(
-            {**root, "state": state, _GROUP: TensorDict(group, batch_size=(n,), device=dev)},
-            batch_size=self.batch_size,
-            device=dev,
-        )
+        out = TensorDict({GROUP: TensorDict(batch_size=(n,))}, batch_size=self.batch_size, device=dev)
+        for key, value in flags.items():
+            out.set(key, torch.tensor([value], device=dev))
+            out.set((GROUP, key), torch.full((n, 1), value, dtype=torch.bool, device=dev))
+        out.set(OBS, torch.from_numpy(obs).to(dev))
+        out.set(ACTION_DIM_MASK, self._mask.clone())
+        out.set(REWARD, torch.full((n, 1), reward, dtype=torch.float32, device=dev))
+        out.set(STATE, torch.from_numpy(np.asarray(self._env.state(), dtype=np.float32)).to(dev))
+        return out
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
         observations, _ = self._env.reset()
         self._step_count = 0
         out = self._output(observations, 0.0, False, False)
-        del out[(_GROUP, "reward")]
+        del out[REWARD]
         return out
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        action = tensordict.get((_GROUP, "action")).detach().to("cpu", torch.float64).numpy()
+        action = tensordict.get(ACTION).detach().to("cpu", torch.float64).numpy()
         actions = {agent: action[i, : self.info.act_sizes[i]] for i, agent in enumerate(self._agents)}
         observations, rewards, terminations, truncations, _ = self._env.step(actions)
         self._step_count += 1

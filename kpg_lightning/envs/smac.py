@@ -33,6 +33,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
+from kpg_lightning.envs.info import ACTION, ACTION_MASK, BATTLE_WON, DONE_FLAGS, GROUP, OBS, REWARD, STATE
 from kpg_lightning.envs.starcraft import StarCraftSpecs
 
 __all__ = ["SmacEnv", "SmacUnavailableError", "make_smac_env"]
@@ -138,34 +139,22 @@ class SmacEnv(StarCraftSpecs, EnvBase):
 
     def _observe(self, mask: torch.Tensor, terminated: bool, truncated: bool, won: bool) -> TensorDictBase:
         n, d = self.n_agents, self.device
-        flags = {
-            "done": torch.tensor([terminated or truncated], device=d),
-            "terminated": torch.tensor([terminated], device=d),
-            "truncated": torch.tensor([truncated], device=d),
-        }
-        agents = {
-            "observation": torch.as_tensor(np.asarray(self._env.get_obs(), dtype=np.float32), device=d),
-            "action_mask": mask,
-            **{k: v.expand(n, 1).clone() for k, v in flags.items()},
-        }
-        state = torch.as_tensor(np.asarray(self._env.get_state(), dtype=np.float32), device=d)
-        return TensorDict(
-            {
-                **flags,
-                "state": state,
-                "battle_won": torch.tensor([won], device=d),
-                "agents": TensorDict(agents, batch_size=(n,), device=d),
-            },
-            batch_size=(),
-            device=d,
-        )
+        out = TensorDict({GROUP: TensorDict(batch_size=(n,))}, batch_size=(), device=d)
+        for key, value in zip(DONE_FLAGS, (terminated or truncated, terminated, truncated), strict=True):
+            out.set(key, torch.tensor([value], device=d))
+            out.set((GROUP, key), torch.full((n, 1), value, device=d))
+        out.set(OBS, torch.as_tensor(np.asarray(self._env.get_obs(), dtype=np.float32), device=d))
+        out.set(ACTION_MASK, mask)
+        out.set(STATE, torch.as_tensor(np.asarray(self._env.get_state(), dtype=np.float32), device=d))
+        out.set(BATTLE_WON, torch.tensor([won], device=d))
+        return out
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
         self._env.reset()
         return self._observe(self._avail_mask(), False, False, False)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        actions = tensordict.get(("agents", "action")).reshape(-1).tolist()
+        actions = tensordict.get(ACTION).reshape(-1).tolist()
         reward, game_over, info = self._env.step(actions)
         info = info or {}
         won = bool(info.get("battle_won", False))
@@ -173,7 +162,7 @@ class SmacEnv(StarCraftSpecs, EnvBase):
         all_dead = bool(mask[:, 0].all())  # SMAC offers the no-op to dead agents only
         terminated = game_over and (won or all_dead) and not info.get("episode_limit", False)
         out = self._observe(mask, terminated, game_over and not terminated, won)
-        out.set(("agents", "reward"), torch.full((self.n_agents, 1), float(reward), device=self.device))
+        out.set(REWARD, torch.full((self.n_agents, 1), float(reward), device=self.device))
         return out
 
     def close(self, *, raise_if_closed: bool = True) -> None:

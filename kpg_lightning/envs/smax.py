@@ -32,12 +32,24 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-from kpg_lightning.envs.info import masked_random_action
+from kpg_lightning.envs.info import (
+    ACTION,
+    ACTION_MASK,
+    BATTLE_WON,
+    DONE,
+    GROUP,
+    OBS,
+    REWARD,
+    STATE,
+    TERMINATED,
+    TRUNCATED,
+    masked_random_action,
+)
 from kpg_lightning.envs.starcraft import StarCraftSpecs
 
 __all__ = ["SmaxEnv", "make_smax_env", "masked_random_action", "smax_map_names"]
 
-_FLAGS = ("terminated", "truncated", "done", "battle_won")
+_FLAGS = (TERMINATED, TRUNCATED, DONE, BATTLE_WON)
 
 
 def _import_jax() -> Any:
@@ -245,18 +257,17 @@ class SmaxEnv(StarCraftSpecs, EnvBase):
         (b,), n = self.batch_size, self.n_agents
         if flags is None:
             flags = torch.zeros(b, len(_FLAGS), dtype=torch.bool, device=self.device)
-        agents = {k: _to_torch(out[k], self.device) for k in ("observation", "action_mask")}
-        root = {"state": _to_torch(out["state"], self.device), "battle_won": flags[:, 3:4].clone()}
+        packed = TensorDict({GROUP: TensorDict(batch_size=(b, n))}, batch_size=self.batch_size, device=self.device)
+        packed.set(OBS, _to_torch(out["observation"], self.device))
+        packed.set(ACTION_MASK, _to_torch(out["action_mask"], self.device))
+        packed.set(STATE, _to_torch(out["state"], self.device))
+        packed.set(BATTLE_WON, flags[:, 3:4].clone())
         for i, key in enumerate(_FLAGS[:3]):
-            root[key] = flags[:, i : i + 1].clone()
-            agents[key] = flags[:, None, i : i + 1].expand(b, n, 1).clone()
+            packed.set(key, flags[:, i : i + 1].clone())
+            packed.set((GROUP, key), flags[:, None, i : i + 1].expand(b, n, 1).clone())
         if "reward" in out:
-            agents["reward"] = _to_torch(out["reward"], self.device).unsqueeze(-1)
-        return TensorDict(
-            {**root, "agents": TensorDict(agents, batch_size=(b, n), device=self.device)},
-            batch_size=self.batch_size,
-            device=self.device,
-        )
+            packed.set(REWARD, _to_torch(out["reward"], self.device).unsqueeze(-1))
+        return packed
 
     def _reset_mask(self, tensordict: TensorDictBase | None) -> torch.Tensor | None:
         """The envs to reset, ``None`` meaning all of them (no ``"_reset"`` entry)."""
@@ -264,7 +275,7 @@ class SmaxEnv(StarCraftSpecs, EnvBase):
             return None
         mask = tensordict.get("_reset", None)
         if mask is None:
-            mask = tensordict.get(("agents", "_reset"), None)
+            mask = tensordict.get((GROUP, "_reset"), None)
         if mask is None:
             return None
         return mask.reshape(self.batch_size[0], -1).any(-1).cpu()
@@ -286,7 +297,7 @@ class SmaxEnv(StarCraftSpecs, EnvBase):
         return out.clone()  # never hand torch a view of the JAX arrays we keep
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        actions = _to_jax(tensordict.get(("agents", "action")).to(torch.int32), self._jax_device)
+        actions = _to_jax(tensordict.get(ACTION).to(torch.int32), self._jax_device)
         self._key, self._state, out, self._current = self._fns["step"](self._key, self._state, actions)
         flags = _to_torch(out["flags"], self.device)
         self._fresh = flags[:, 2].cpu().clone()

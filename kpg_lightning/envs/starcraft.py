@@ -6,11 +6,19 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.data import Binary, Categorical, Composite, Unbounded
 
-from kpg_lightning.envs.info import masked_random_action
+from kpg_lightning.envs.info import (
+    ACTION,
+    ACTION_MASK,
+    BATTLE_WON,
+    DONE_FLAGS,
+    GROUP,
+    OBS,
+    REWARD,
+    STATE,
+    masked_random_action,
+)
 
 __all__ = ["StarCraftSpecs"]
-
-FLAGS = ("done", "terminated", "truncated")
 
 
 class StarCraftSpecs:
@@ -37,10 +45,10 @@ class StarCraftSpecs:
 
     def rand_action(self, tensordict: TensorDictBase | None = None) -> TensorDictBase:
         """Uniform random *available* actions (SMAC rejects unavailable ones; SMAX wastes the step)."""
-        mask = None if tensordict is None else tensordict.get(("agents", "action_mask"), None)
+        mask = None if tensordict is None else tensordict.get(ACTION_MASK, None)
         if mask is None:
             return super().rand_action(tensordict)
-        tensordict.set(("agents", "action"), masked_random_action(mask))
+        tensordict.set(ACTION, masked_random_action(mask))
         return tensordict
 
     def _make_specs(self) -> None:
@@ -50,25 +58,17 @@ class StarCraftSpecs:
         def flag(*shape: int) -> Categorical:
             return Categorical(2, shape=torch.Size((*batch, *shape)), dtype=torch.bool, device=d)
 
-        self.full_observation_spec = Composite(
-            agents=Composite(
-                observation=Unbounded((*agents, self.obs_dim), dtype=torch.float32, device=d),
-                action_mask=Binary(a, shape=(*agents, a), dtype=torch.bool, device=d),
-                shape=agents,
-            ),
-            state=Unbounded((*batch, self.state_dim), dtype=torch.float32, device=d),
-            battle_won=flag(1),
-            shape=batch,
-        )
-        self.full_action_spec = Composite(
-            agents=Composite(action=Categorical(a, shape=agents, dtype=torch.int64, device=d), shape=agents),
-            shape=batch,
-        )
-        self.full_reward_spec = Composite(
-            agents=Composite(reward=Unbounded((*agents, 1), dtype=torch.float32, device=d), shape=agents),
-            shape=batch,
-        )
-        self.full_done_spec = Composite(
-            **{k: flag(1) for k in FLAGS}, agents=Composite(**{k: flag(n, 1) for k in FLAGS}, shape=agents),
-            shape=batch,
-        )
+        def grouped() -> Composite:  # an empty agent group to set entries in
+            return Composite({GROUP: Composite(shape=agents)}, shape=batch)
+
+        observation, action, reward = grouped(), grouped(), grouped()
+        observation[OBS] = Unbounded((*agents, self.obs_dim), dtype=torch.float32, device=d)
+        observation[ACTION_MASK] = Binary(a, shape=(*agents, a), dtype=torch.bool, device=d)
+        observation[STATE] = Unbounded((*batch, self.state_dim), dtype=torch.float32, device=d)
+        observation[BATTLE_WON] = flag(1)
+        action[ACTION] = Categorical(a, shape=agents, dtype=torch.int64, device=d)
+        reward[REWARD] = Unbounded((*agents, 1), dtype=torch.float32, device=d)
+        done = Composite({k: flag(1) for k in DONE_FLAGS}, shape=batch)
+        done[GROUP] = Composite({k: flag(n, 1) for k in DONE_FLAGS}, shape=agents)
+        self.full_observation_spec, self.full_action_spec = observation, action
+        self.full_reward_spec, self.full_done_spec = reward, done

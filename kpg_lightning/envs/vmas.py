@@ -1,7 +1,8 @@
 """VMAS (pure-torch vectorized multi-agent simulator) as a TorchRL environment.
 
 Episodes end at ``max_steps`` as *truncations* (TorchRL's ``StepCounter``), so critics bootstrap through them;
-VMAS's own ``done`` (e.g. the package falling in ``balance``) is a termination.
+VMAS's own ``done`` (e.g. the package falling in ``balance``) is a termination. VMAS has no global state: critics
+condition on the joint observation (:func:`kpg_lightning.envs.info.global_state`), which replay does not store twice.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Any
 
 import torch
 from torchrl.envs import EnvBase, StepCounter, TransformedEnv
+
+from kpg_lightning.envs.info import GROUP
 
 __all__ = ["make_vmas_env", "vmas_scenarios"]
 
@@ -60,7 +63,7 @@ def make_vmas_env(
         device=device,
         **(scenario_kwargs or {}),
     )
-    if list(env.group_map) != ["agents"]:
+    if list(env.group_map) != [GROUP]:
         raise ValueError(f"env.scenario: {scenario!r} has agent groups {list(env.group_map)}; "
-                         "only scenarios with one group 'agents' are supported")
+                         f"only scenarios with one group {GROUP!r} are supported")
     return TransformedEnv(env, StepCounter(max_steps))
