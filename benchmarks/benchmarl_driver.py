@@ -55,8 +55,9 @@ def build(frames: int, seed: int, save_folder: str, args: argparse.Namespace) ->
     task.config.update({"n_agents": args.n_agents, "max_steps": args.max_steps})
     algorithm = MaddpgConfig.get_from_yaml()  # share_param_critic, l2, delay_value, use_tanh_mapping
     model = MlpConfig(num_cells=[256, 256], layer_class=torch.nn.Linear, activation_class=torch.nn.Tanh)
-    return Experiment(task=task, algorithm_config=algorithm, model_config=model, critic_model_config=model,
-                      seed=seed, config=config)
+    return Experiment(
+        task=task, algorithm_config=algorithm, model_config=model, critic_model_config=model, seed=seed, config=config
+    )
 
 
 def main() -> None:
@@ -86,8 +87,9 @@ def main() -> None:
 
         def record(values: dict[str, Any], step: int) -> None:
             if "timers/iteration_time" in values:
-                iterations.append({key.split("/")[1]: float(value) for key, value in values.items()
-                                   if key.startswith("timers/")})
+                iterations.append(
+                    {key.split("/")[1]: float(value) for key, value in values.items() if key.startswith("timers/")}
+                )
             log(values, step=step)
 
         experiment.logger.log = record
@@ -95,8 +97,11 @@ def main() -> None:
         experiment.run()
         run_s = time.perf_counter() - start
     result = {
-        "frames": int(experiment.total_frames), "iterations": len(iterations), "construct_s": construct_s,
-        "run_s": run_s, "iteration_s": [it["iteration_time"] for it in iterations],
+        "frames": int(experiment.total_frames),
+        "iterations": len(iterations),
+        "construct_s": construct_s,
+        "run_s": run_s,
+        "iteration_s": [it["iteration_time"] for it in iterations],
         "collection_s": [it["collection_time"] for it in iterations],
         "training_s": [it["training_time"] for it in iterations],
         "torch_threads": torch.get_num_threads(),

@@ -26,13 +26,22 @@ from pathlib import Path
 
 SETTINGS: dict[str, list[str]] = {
     # the paper's K-FACMAC MaMuJoCo configuration: HalfCheetah 2x3, one update per env step, batch 100, 400-300
-    "facmac_halfcheetah": ["+experiment=k2_facmac_halfcheetah", "collector.init_random_frames=0",
-                           "buffer.learning_starts=0"],
+    "facmac_halfcheetah": [
+        "+experiment=k2_facmac_halfcheetah",
+        "collector.init_random_frames=0",
+        "buffer.learning_starts=0",
+    ],
     # K-MADDPG on VMAS balance (the default run's configuration)
     "maddpg_vmas": ["+experiment=k2_maddpg_vmas_balance"],
 }
-QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger.tensorboard=null",
-         "eval.every_frames=0", "eval.episodes=1", "trainer.enable_checkpointing=false"]
+QUIET = [
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "logger.tensorboard=null",
+    "eval.every_frames=0",
+    "eval.episodes=1",
+    "trainer.enable_checkpointing=false",
+]
 
 
 def measure(setting: str, k: int, frames: int, warmup: int, workdir: Path) -> dict[str, float]:
@@ -50,8 +59,10 @@ def measure(setting: str, k: int, frames: int, warmup: int, workdir: Path) -> di
 
 
 def table(results: dict[str, dict[int, list[dict[str, float]]]]) -> str:
-    lines = ["| setting | K | median s/step | overhead vs K=1 | paired overhead | floor | overhead / floor | "
-             "levels share |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | K | median s/step | overhead vs K=1 | paired overhead | floor | overhead / floor | levels share |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for setting, per_k in results.items():
         first = per_k[min(per_k)]
         base = statistics.median(m["step"] for m in first)
@@ -60,11 +71,14 @@ def table(results: dict[str, dict[int, list[dict[str, float]]]]) -> str:
             step = statistics.median(m["step"] for m in runs)
             paired = statistics.median(m["step"] / b["step"] for m, b in zip(runs, first, strict=True))
             floor = base + (k - 1) * level1
-            share = statistics.median(sum(v for key, v in m.items() if key.startswith("level_")) / m["step"]
-                                      for m in runs)
-            lines.append(f"| {setting} | {k} | {step:.4f} | {100 * (step / base - 1):+.1f}% | "
-                         f"{100 * (paired - 1):+.1f}% | {floor:.4f} (+{100 * (floor / base - 1):.1f}%) | "
-                         f"{step / floor:.2f}x | {100 * share:.0f}% |")
+            share = statistics.median(
+                sum(v for key, v in m.items() if key.startswith("level_")) / m["step"] for m in runs
+            )
+            lines.append(
+                f"| {setting} | {k} | {step:.4f} | {100 * (step / base - 1):+.1f}% | "
+                f"{100 * (paired - 1):+.1f}% | {floor:.4f} (+{100 * (floor / base - 1):.1f}%) | "
+                f"{step / floor:.2f}x | {100 * share:.0f}% |"
+            )
     return "\n".join(lines)
 
 
@@ -85,8 +99,7 @@ def main() -> None:
                 for k in args.ks:  # interleaved: K values share the machine's state of the moment
                     frames = args.frames or default_frames[setting]
                     results[setting][k].append(measure(setting, k, frames, args.warmup, Path(tmp)))
-                    print(f"repeat {repeat} {setting} K={k}: {results[setting][k][-1]['step']:.4f} s/step",
-                          flush=True)
+                    print(f"repeat {repeat} {setting} K={k}: {results[setting][k][-1]['step']:.4f} s/step", flush=True)
     markdown = table(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "k_overhead.json").write_text(json.dumps(results, indent=1))

@@ -46,22 +46,25 @@ class ProfileUpdates(Callback):
         from torch.profiler import ProfilerActivity, profile
 
         batches = [pl_module.experience.replay.sample() for _ in range(self.warmup + 2 * self.updates)]
-        for td in batches[:self.warmup]:
+        for td in batches[: self.warmup]:
             pl_module.update(td)
         seconds = []
-        for td in batches[self.warmup:self.warmup + self.updates]:
+        for td in batches[self.warmup : self.warmup + self.updates]:
             start = time.perf_counter()
             pl_module.update(td)
             seconds.append(time.perf_counter() - start)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            for td in batches[self.warmup + self.updates:]:
+            for td in batches[self.warmup + self.updates :]:
                 pl_module.update(td)
         ops: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
         for event in prof.key_averages(group_by_input_shape=True):
             ops[(event.key, str(event.input_shapes))][0] += event.self_cpu_time_total / 1e3 / self.updates
             ops[(event.key, str(event.input_shapes))][1] += event.count / self.updates
-        self.result = {"ms_per_update": 1e3 * statistics.median(seconds), "ops": dict(ops),
-                       "threads": torch.get_num_threads()}
+        self.result = {
+            "ms_per_update": 1e3 * statistics.median(seconds),
+            "ops": dict(ops),
+            "threads": torch.get_num_threads(),
+        }
 
 
 def profile_k(setting: str, k: int, updates: int, warmup: int, frames: int, workdir: Path) -> dict[str, Any]:
@@ -76,8 +79,9 @@ def profile_k(setting: str, k: int, updates: int, warmup: int, frames: int, work
 
     train_module.Trainer = trainer_with_profiler  # the run's own Trainer, plus the profiling callback
     try:
-        train_module.train([*PROFILED[setting], f"kpg.k={k}", f"max_frames={frames}", *QUIET],
-                           workdir / f"{setting}_k{k}")
+        train_module.train(
+            [*PROFILED[setting], f"kpg.k={k}", f"max_frames={frames}", *QUIET], workdir / f"{setting}_k{k}"
+        )
     finally:
         train_module.Trainer = trainer_cls
     return callback.result
@@ -93,11 +97,16 @@ def report(setting: str, results: dict[int, dict[str, Any]], rows: int) -> str:
         for (name, _), (ms, _) in ops.items():
             by_name[name] += ms
         top_names = sorted(by_name.items(), key=lambda item: -item[1])[:6]
-        lines += [f"## K = {k}", "",
-                  f"{r['ms_per_update']:.2f} ms per update without the profiler ({r['threads']} torch threads); "
-                  f"under it {total:.2f} ms of operator self time, {100 * matmul / total:.0f}% of it matrix "
-                  "products. Largest operators: " + ", ".join(f"{n} {ms:.2f} ms" for n, ms in top_names) + ".", "",
-                  "| operator | input shapes | ms / update | calls / update |", "|---|---|---|---|"]
+        lines += [
+            f"## K = {k}",
+            "",
+            f"{r['ms_per_update']:.2f} ms per update without the profiler ({r['threads']} torch threads); "
+            f"under it {total:.2f} ms of operator self time, {100 * matmul / total:.0f}% of it matrix "
+            "products. Largest operators: " + ", ".join(f"{n} {ms:.2f} ms" for n, ms in top_names) + ".",
+            "",
+            "| operator | input shapes | ms / update | calls / update |",
+            "|---|---|---|---|",
+        ]
         for (name, shapes), (ms, calls) in sorted(ops.items(), key=lambda item: -item[1][0])[:rows]:
             lines.append(f"| {name} | `{shapes}` | {ms:.3f} | {calls:.1f} |")
         lines.append("")
@@ -111,8 +120,9 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--rows", type=int, default=15, help="operator rows printed per K")
-    parser.add_argument("--frames", type=int, default=None, help="frames trained before profiling (default: per "
-                        "setting)")
+    parser.add_argument(
+        "--frames", type=int, default=None, help="frames trained before profiling (default: per setting)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

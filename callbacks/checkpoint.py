@@ -10,7 +10,7 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Checkpoint
 
-from kpg_lightning.checkpointing import MODEL, seal
+from kpg_lightning.checkpointing import MODEL, assert_finite, seal
 
 __all__ = ["FrameCheckpoint"]
 
@@ -41,14 +41,14 @@ class FrameCheckpoint(Checkpoint):
         frames = pl_module.frames
         name = f"frames_{frames:012d}"
         tmp, final = self.dirpath / f".tmp_{name}", self.dirpath / name
-        pl_module.check_finite_parameters()
+        assert_finite(pl_module.state_dict())
         if trainer.is_global_zero:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         trainer.strategy.barrier("frame_checkpoint_start")
         self.last_saved_frames = frames
         trainer.save_checkpoint(tmp / MODEL, weights_only=False)  # everything: optimizers, loops, callbacks
-        pl_module.save_replay(tmp / f"replay_rank{trainer.global_rank}")
+        pl_module.experience.save_replay(tmp / f"replay_rank{trainer.global_rank}")
         trainer.strategy.barrier("frame_checkpoint_written")
         if trainer.is_global_zero:
             seal(tmp, final, frames)
@@ -60,8 +60,9 @@ class FrameCheckpoint(Checkpoint):
                 shutil.rmtree(old, ignore_errors=True)
         trainer.strategy.barrier("frame_checkpoint_done")
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.due(pl_module.frames):
             self.save(trainer, pl_module)
 

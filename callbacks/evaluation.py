@@ -12,6 +12,7 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from kpg_lightning.envs.info import BATTLE_WON, DONE, EPISODE_REWARD
+from kpg_lightning.metrics import log_at_frames, mean_over_ranks
 
 __all__ = ["EvaluationCallback", "episode_outcomes"]
 
@@ -56,13 +57,21 @@ class EvaluationCallback(Callback):
         results: dict[str, list[torch.Tensor]] = {}
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             for _ in range(math.ceil(self.episodes / parallel)):
-                rollout = self.env.rollout(self.max_steps, policy, auto_cast_to_device=True,
-                                           break_when_any_done=False, break_when_all_done=stop_early)
+                rollout = self.env.rollout(
+                    self.max_steps,
+                    policy,
+                    auto_cast_to_device=True,
+                    break_when_any_done=False,
+                    break_when_all_done=stop_early,
+                )
                 for key, value in episode_outcomes(rollout.cpu()).items():
                     results.setdefault(key, []).append(value)
         returns = torch.cat(results["return"])[: self.episodes]
-        metrics = {"frames": float(pl_module.frames), "return_mean": float(returns.mean()),
-                   "return_std": float(returns.std(unbiased=False))}
+        metrics = {
+            "frames": float(pl_module.frames),
+            "return_mean": float(returns.mean()),
+            "return_std": float(returns.std(unbiased=False)),
+        }
         if "won" in results:
             metrics["win_rate"] = float(torch.cat(results["won"])[: self.episodes].mean())
         return metrics
@@ -70,9 +79,9 @@ class EvaluationCallback(Callback):
     def _run(self, trainer: Trainer, pl_module: LightningModule, progress: bool = True) -> None:
         if self.history and self.history[-1]["frames"] == pl_module.frames:
             return
-        metrics = pl_module.reduce_metrics(self.evaluate(pl_module))  # each rank evaluates its own episodes
+        metrics = mean_over_ranks(pl_module, self.evaluate(pl_module))  # each rank evaluates its own episodes
         self.history.append(metrics)
-        pl_module.log_frames({f"eval/{k}": v for k, v in metrics.items() if k != "frames"})
+        log_at_frames(pl_module, {f"eval/{k}": v for k, v in metrics.items() if k != "frames"}, pl_module.frames)
         if progress:
             pl_module.log("eval_return", metrics["return_mean"], prog_bar=True, logger=False, batch_size=1)
 
@@ -81,8 +90,9 @@ class EvaluationCallback(Callback):
             self._run(trainer, pl_module, progress=False)
             self.next_frames = self.every_frames
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.every_frames > 0 and pl_module.frames >= self.next_frames:
             self._run(trainer, pl_module)
             self.next_frames = pl_module.frames - pl_module.frames % self.every_frames + self.every_frames

@@ -8,6 +8,8 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from kpg_lightning.metrics import log_at_frames
+
 __all__ = ["KCostCallback"]
 
 
@@ -27,8 +29,9 @@ class KCostCallback(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         phases = dict(pl_module.record.timing)
         step = phases.get("collect", 0.0) + time.perf_counter() - self._start
         phases["rest"] = max(0.0, step - sum(phases.values()))
@@ -36,7 +39,7 @@ class KCostCallback(Callback):
         for key, value in phases.items():
             self.totals[key] += value
         self.steps += 1
-        pl_module.log_frames({f"time/{key}_s": value for key, value in phases.items()})
+        log_at_frames(pl_module, {f"time/{key}_s": value for key, value in phases.items()}, pl_module.frames)
 
     def summary(self) -> dict[str, Any]:
         """Mean seconds per training step of each phase, and the share of the step each level takes."""

@@ -9,6 +9,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from kpg_lightning.kpg import KLevelStats
+from kpg_lightning.metrics import log_at_frames
 
 __all__ = ["KPGDiagnostics", "mean_level_stats"]
 
@@ -41,15 +42,16 @@ class KPGDiagnostics(Callback):
         self.counts: dict[str, int] = defaultdict(int)
         self._steps = 0
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         means = mean_level_stats(pl_module.record.levels)
         for key, value in means.items():
             self.totals[key] += value
             self.counts[key] += 1
         self._steps += 1
         if means and self._steps % self.every_n_steps == 0:
-            pl_module.log_frames({f"kpg/{key}": value for key, value in means.items()})
+            log_at_frames(pl_module, {f"kpg/{key}": value for key, value in means.items()}, pl_module.frames)
 
     def summary(self) -> dict[str, Any]:
         means = {key: self.totals[key] / self.counts[key] for key in self.totals}
@@ -58,8 +60,12 @@ class KPGDiagnostics(Callback):
             levels = sorted(int(k.rsplit("_", 1)[1]) for k in means if k.startswith(prefix))
             return [means[f"{prefix}{level}"] for level in levels]
 
-        return {"level_delta_mean": per_level("level_delta_"), "contraction_mean": per_level("contraction_"),
-                "objective_mean": per_level("objective_"), "levels_run_mean": means.get("levels_run")}
+        return {
+            "level_delta_mean": per_level("level_delta_"),
+            "contraction_mean": per_level("contraction_"),
+            "objective_mean": per_level("objective_"),
+            "levels_run_mean": means.get("levels_run"),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"totals": dict(self.totals), "counts": dict(self.counts), "steps": self._steps}

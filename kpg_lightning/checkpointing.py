@@ -23,9 +23,18 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 
-from kpg_lightning.errors import CheckpointError
+from kpg_lightning.errors import CheckpointError, NonFiniteError
 
-__all__ = ["capture_rng", "find_checkpoint", "load_replay", "restore_rng", "save_replay", "seal", "verify"]
+__all__ = [
+    "assert_finite",
+    "capture_rng",
+    "find_checkpoint",
+    "load_replay",
+    "restore_rng",
+    "save_replay",
+    "seal",
+    "verify",
+]
 
 META = "meta.json"
 MODEL = "model.ckpt"
@@ -92,8 +101,11 @@ def find_checkpoint(resume: str | os.PathLike) -> tuple[Path, list[str]]:
         path = path.resolve().parent
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
-    candidates = [path] if (path / META).exists() or path.name.startswith("frames_") else sorted(
-        (p for p in path.glob("frames_*") if p.is_dir()), reverse=True)
+    candidates = (
+        [path]
+        if (path / META).exists() or path.name.startswith("frames_")
+        else sorted((p for p in path.glob("frames_*") if p.is_dir()), reverse=True)
+    )
     if not candidates:
         raise CheckpointError(f"resume={str(resume)!r}: no checkpoint directory (frames_*/) found")
     skipped = []
@@ -103,6 +115,13 @@ def find_checkpoint(resume: str | os.PathLike) -> tuple[Path, list[str]]:
             return candidate, skipped
         skipped.append(f"checkpoint {candidate} is unusable: {problem}; trying an older one")
     raise CheckpointError(f"resume={str(resume)!r}: no usable checkpoint: " + "; ".join(skipped))
+
+
+def assert_finite(state_dict: dict[str, torch.Tensor]) -> None:
+    """Refuse to checkpoint NaN/inf parameters: raises :class:`NonFiniteError` naming the first one."""
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise NonFiniteError(f"parameter {name} is not finite; not writing a checkpoint")
 
 
 def save_replay(buffer: ReplayBuffer, path: Path) -> None:
@@ -131,8 +150,12 @@ def capture_rng(*generators: torch.Generator) -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
         "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
         "generators": [g.get_state() for g in generators],
     }
@@ -142,8 +165,15 @@ def restore_rng(state: dict[str, Any], *generators: torch.Generator) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["gauss"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["gauss"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     for generator, g_state in zip(generators, state["generators"], strict=True):
         generator.set_state(g_state)

@@ -127,8 +127,11 @@ def _trainer_config() -> type:
     unknown = set(TRAINER_DEFAULTS) - set(parameters)
     if unknown:
         raise TypeError(f"TRAINER_DEFAULTS: not Trainer arguments: {', '.join(sorted(unknown))}")
-    fields = [(name, Any, field(default=TRAINER_DEFAULTS.get(name, p.default)))
-              for name, p in parameters.items() if name != "self" and name not in _TRAINER_SKIP]
+    fields = [
+        (name, Any, field(default=TRAINER_DEFAULTS.get(name, p.default)))
+        for name, p in parameters.items()
+        if name != "self" and name not in _TRAINER_SKIP
+    ]
     return dataclasses.make_dataclass("TrainerConfig", fields)
 
 

@@ -37,8 +37,12 @@ def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
 
 
 def _check_model(cfg: DictConfig) -> None:
-    _check(cfg.model.activation in ACTIVATIONS, "model.activation", f"one of {', '.join(ACTIVATIONS)}",
-           cfg.model.activation)
+    _check(
+        cfg.model.activation in ACTIVATIONS,
+        "model.activation",
+        f"one of {', '.join(ACTIVATIONS)}",
+        cfg.model.activation,
+    )
     for key in ("actor_hidden", "critic_hidden"):
         sizes = list(cfg.model[key])
         _check(all(size > 0 for size in sizes), f"model.{key}", "a list of positive layer sizes", sizes)
@@ -50,8 +54,12 @@ def _check_trainer(cfg: DictConfig) -> None:
 
     trainer = cfg.trainer
     accelerator = str(trainer.get("accelerator", "auto"))
-    _check(accelerator in ("auto", "cpu", "gpu", "cuda", "mps", "tpu"), "trainer.accelerator",
-           "auto, cpu, gpu, cuda, mps or tpu", accelerator)
+    _check(
+        accelerator in ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
+        "trainer.accelerator",
+        "auto, cpu, gpu, cuda, mps or tpu",
+        accelerator,
+    )
     gpus = torch.cuda.device_count()
     if accelerator in ("gpu", "cuda"):
         _check(gpus > 0, "trainer.accelerator", "cpu or auto on a machine without a CUDA GPU", accelerator)
@@ -66,50 +74,84 @@ def _check_trainer(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Semantic checks that types alone cannot express; raises :class:`ConfigError` naming the key."""
-    _check(cfg.algorithm.name in ALGORITHMS, "algorithm.name", f"one of {', '.join(ALGORITHMS)}",
-           cfg.algorithm.name)
+    _check(cfg.algorithm.name in ALGORITHMS, "algorithm.name", f"one of {', '.join(ALGORITHMS)}", cfg.algorithm.name)
     _check(cfg.kpg.k >= 1, "kpg.k", "an integer >= 1 (1 is the base algorithm)", cfg.kpg.k)
-    _check(cfg.kpg.actor_optimizer in ACTOR_OPTIMIZERS, "kpg.actor_optimizer",
-           f"one of {', '.join(ACTOR_OPTIMIZERS)}", cfg.kpg.actor_optimizer)
+    _check(
+        cfg.kpg.actor_optimizer in ACTOR_OPTIMIZERS,
+        "kpg.actor_optimizer",
+        f"one of {', '.join(ACTOR_OPTIMIZERS)}",
+        cfg.kpg.actor_optimizer,
+    )
     _check(cfg.kpg.scope in KPG_SCOPES, "kpg.scope", f"one of {', '.join(KPG_SCOPES)}", cfg.kpg.scope)
     tol = cfg.kpg.adaptive_tol
     _check(tol is None or tol > 0, "kpg.adaptive_tol", "null or a number > 0", tol)
-    positive = {"kpg.log_every_n_steps": cfg.kpg.log_every_n_steps, "max_frames": cfg.max_frames,
-                "collector.frames_per_batch": cfg.collector.frames_per_batch,
-                "buffer.size": cfg.buffer.size, "buffer.batch_size": cfg.buffer.batch_size,
-                "buffer.updates_per_batch": cfg.buffer.updates_per_batch, "eval.episodes": cfg.eval.episodes,
-                "checkpoint.every_frames": cfg.checkpoint.every_frames,
-                "checkpoint.keep_last": cfg.checkpoint.keep_last,
-                "algorithm.actor_lr": cfg.algorithm.actor_lr, "algorithm.critic_lr": cfg.algorithm.critic_lr}
+    positive = {
+        "kpg.log_every_n_steps": cfg.kpg.log_every_n_steps,
+        "max_frames": cfg.max_frames,
+        "collector.frames_per_batch": cfg.collector.frames_per_batch,
+        "buffer.size": cfg.buffer.size,
+        "buffer.batch_size": cfg.buffer.batch_size,
+        "buffer.updates_per_batch": cfg.buffer.updates_per_batch,
+        "eval.episodes": cfg.eval.episodes,
+        "checkpoint.every_frames": cfg.checkpoint.every_frames,
+        "checkpoint.keep_last": cfg.checkpoint.keep_last,
+        "algorithm.actor_lr": cfg.algorithm.actor_lr,
+        "algorithm.critic_lr": cfg.algorithm.critic_lr,
+    }
     for key, value in positive.items():
         _check(value > 0, key, "a number > 0", value)
-    non_negative = {"collector.init_random_frames": cfg.collector.init_random_frames,
-                    "buffer.learning_starts": cfg.buffer.learning_starts, "eval.every_frames": cfg.eval.every_frames}
+    non_negative = {
+        "collector.init_random_frames": cfg.collector.init_random_frames,
+        "buffer.learning_starts": cfg.buffer.learning_starts,
+        "eval.every_frames": cfg.eval.every_frames,
+    }
     for key, value in non_negative.items():
         _check(value >= 0, key, "a number >= 0", value)
     _check(cfg.on_nonfinite in ("stop", "skip"), "on_nonfinite", "stop or skip", cfg.on_nonfinite)
-    _check(cfg.eval.max_steps is None or cfg.eval.max_steps > 0, "eval.max_steps", "null or an integer > 0",
-           cfg.eval.max_steps)
+    _check(
+        cfg.eval.max_steps is None or cfg.eval.max_steps > 0,
+        "eval.max_steps",
+        "null or an integer > 0",
+        cfg.eval.max_steps,
+    )
     family = env_family(cfg.env)
     space, supported = family.action_space(cfg.env), ALGORITHMS[cfg.algorithm.name][0].action_spaces
-    _check(space in supported, "algorithm.name",
-           f"an algorithm for {space} actions ({cfg.algorithm.name} supports {', '.join(supported)}) on {family.name}",
-           cfg.algorithm.name)
+    _check(
+        space in supported,
+        "algorithm.name",
+        f"an algorithm for {space} actions ({cfg.algorithm.name} supports {', '.join(supported)}) on {family.name}",
+        cfg.algorithm.name,
+    )
     for key, allowed, value in OmegaConf.to_object(cfg.algorithm).problems():
         _check(False, f"algorithm.{key}", allowed, value)
     algorithm_cls = ALGORITHMS[cfg.algorithm.name][0]
     if not algorithm_cls.has_actor:
-        _check(cfg.kpg.k == 1, "kpg.k", f"1 for {cfg.algorithm.name} (value-based: no policy gradient to recurse)",
-               cfg.kpg.k)
+        _check(
+            cfg.kpg.k == 1,
+            "kpg.k",
+            f"1 for {cfg.algorithm.name} (value-based: no policy gradient to recurse)",
+            cfg.kpg.k,
+        )
     length = cfg.buffer.get("episode_length")
     _check(length is None or length > 0, "buffer.episode_length", "null or an integer > 0", length)
     if cfg.model.recurrent:
-        recurrent = ", ".join(name for name, (cls, _) in ALGORITHMS.items()
-                              if space in cls.action_spaces and cls.supports_recurrent(space))
-        _check(algorithm_cls.supports_recurrent(space), "model.recurrent",
-               f"false for {cfg.algorithm.name} with {space} actions (recurrent actors: {recurrent})", True)
-        _check(cfg.model.share_params, "model.share_params", "true with model.recurrent=true (a shared GRU)",
-               cfg.model.share_params)
+        recurrent = ", ".join(
+            name
+            for name, (cls, _) in ALGORITHMS.items()
+            if space in cls.action_spaces and cls.supports_recurrent(space)
+        )
+        _check(
+            algorithm_cls.supports_recurrent(space),
+            "model.recurrent",
+            f"false for {cfg.algorithm.name} with {space} actions (recurrent actors: {recurrent})",
+            True,
+        )
+        _check(
+            cfg.model.share_params,
+            "model.share_params",
+            "true with model.recurrent=true (a shared GRU)",
+            cfg.model.share_params,
+        )
     _check_model(cfg)
     _check_trainer(cfg)
     _check(0 < cfg.algorithm.gamma <= 1, "algorithm.gamma", "a number in (0, 1]", cfg.algorithm.gamma)

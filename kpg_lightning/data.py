@@ -66,8 +66,12 @@ def make_replay_buffer(size: int, batch_size: int, seed: int = 0, device: str = 
     """Uniform replay (TorchRL ``LazyTensorStorage``) over ``size`` items — single frames, or whole padded
     episodes for episodic algorithms — sampling from its own seeded generator (saved in checkpoints), so sampling
     does not depend on what else draws random numbers."""
-    return TensorDictReplayBuffer(storage=LazyTensorStorage(size, device=device), sampler=RandomSampler(),
-                                  batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
+    return TensorDictReplayBuffer(
+        storage=LazyTensorStorage(size, device=device),
+        sampler=RandomSampler(),
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 class EpisodeAssembler:
@@ -105,15 +109,19 @@ class EpisodeAssembler:
             if start < batch.shape[1]:
                 self.pending.setdefault(env, []).append(batch[env, start:])
                 if sum(piece.shape[0] for piece in self.pending[env]) > self.length:
-                    raise ValueError(f"buffer.episode_length: an episode ran past {self.length} steps; set it to "
-                                     "the environment's episode limit or more")
+                    raise ValueError(
+                        f"buffer.episode_length: an episode ran past {self.length} steps; set it to "
+                        "the environment's episode limit or more"
+                    )
         return torch.stack(episodes) if episodes else None
 
     def _padded(self, episode: TensorDictBase) -> TensorDictBase:
         steps = episode.shape[0]
         if steps > self.length:
-            raise ValueError(f"buffer.episode_length: an episode of {steps} steps does not fit in {self.length}; "
-                             "set it to the environment's episode limit or more")
+            raise ValueError(
+                f"buffer.episode_length: an episode of {steps} steps does not fit in {self.length}; "
+                "set it to the environment's episode limit or more"
+            )
         episode = episode.clone(False) if episode.is_locked else episode
         episode.set("filled", torch.ones(steps, 1, dtype=torch.bool, device=episode.device))
         return pad(episode, [0, self.length - steps]) if steps < self.length else episode

@@ -28,8 +28,9 @@ __all__ = ["CollectorFactory", "Experience"]
 
 
 class CollectorFactory(Protocol):
-    def __call__(self, total_frames: int, init_random_frames: int, start_frames: int, rank: int,
-                 device: torch.device) -> Collector:
+    def __call__(
+        self, total_frames: int, init_random_frames: int, start_frames: int, rank: int, device: torch.device
+    ) -> Collector:
         """A collector for one segment of ``total_frames`` frames starting at ``start_frames`` (the environment
         reseeded from that count and ``rank``, and reset), acting on ``device``."""
         ...
@@ -57,10 +58,20 @@ class Experience:
         exclude: keys of collected frames that replay does not store.
     """
 
-    def __init__(self, make_collector: CollectorFactory, max_frames: int, *, replay: ReplayBuffer | None = None,
-                 updates_per_batch: int = 1, batch_size: int = 1, learning_starts: int = 0,
-                 init_random_frames: int = 0, segment_frames: int | None = None, episode_length: int | None = None,
-                 exclude: tuple[Any, ...] = ()):
+    def __init__(
+        self,
+        make_collector: CollectorFactory,
+        max_frames: int,
+        *,
+        replay: ReplayBuffer | None = None,
+        updates_per_batch: int = 1,
+        batch_size: int = 1,
+        learning_starts: int = 0,
+        init_random_frames: int = 0,
+        segment_frames: int | None = None,
+        episode_length: int | None = None,
+        exclude: tuple[Any, ...] = (),
+    ):
         self.make_collector, self.max_frames, self.replay = make_collector, max_frames, replay
         self.updates_per_batch, self.batch_size, self.learning_starts = updates_per_batch, batch_size, learning_starts
         self.init_random_frames, self.exclude = init_random_frames, exclude
@@ -91,8 +102,9 @@ class Experience:
         segment = min(remaining, self.segment_frames - self.frames % self.segment_frames)
         random_frames = min(segment, max(0, self.init_random_frames - self.frames))
         world = self.world_size  # every rank collects its share of the run's frames
-        return self.make_collector(-(-segment // world), -(-random_frames // world), self.frames, self.rank,
-                                   self.device)
+        return self.make_collector(
+            -(-segment // world), -(-random_frames // world), self.frames, self.rank, self.device
+        )
 
     def _segment_done(self) -> bool:
         return self.frames // self.segment_frames > self._segment_start // self.segment_frames

@@ -38,8 +38,18 @@ from torch import Tensor
 
 from kpg_lightning.errors import NonFiniteError
 
-__all__ = ["KLevelStats", "LevelAlgorithm", "OptimizerSnapshot", "StepRecord", "actor_k_level_step", "frozen",
-           "gradient_step", "k_level_step", "make_actor_optimizer", "shared_graph"]
+__all__ = [
+    "KLevelStats",
+    "LevelAlgorithm",
+    "OptimizerSnapshot",
+    "StepRecord",
+    "actor_k_level_step",
+    "frozen",
+    "gradient_step",
+    "k_level_step",
+    "make_actor_optimizer",
+    "shared_graph",
+]
 
 
 @dataclass
@@ -91,9 +101,11 @@ class OptimizerSnapshot:
             self.state = {}
             for p in self.params:
                 st = optimizer.state.get(p)
-                self.state[p] = None if not st else {
-                    key: (v.detach().clone() if isinstance(v, Tensor) else v) for key, v in st.items()
-                }
+                self.state[p] = (
+                    None
+                    if not st
+                    else {key: (v.detach().clone() if isinstance(v, Tensor) else v) for key, v in st.items()}
+                )
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -321,13 +333,18 @@ def actor_k_level_step(
             backward = partial(backward, retain_graph=True)
         sync()
     shared_s = time.perf_counter() - start
-    step = partial(gradient_step, optimizer, backward=backward, clip_grad_norm=clip_grad_norm, params=params,
-                   name="actor loss")
+    step = partial(
+        gradient_step, optimizer, backward=backward, clip_grad_norm=clip_grad_norm, params=params, name="actor loss"
+    )
     stats = k_level_step(
-        optimizer, k,
+        optimizer,
+        k,
         level_update=lambda others: algorithm.actor_update(td, others, step, live),
         level_outputs=lambda level: algorithm.level_outputs(td, level, live),
-        params=params, adaptive_tol=adaptive_tol, synchronize=synchronize, on_level=on_level,
+        params=params,
+        adaptive_tol=adaptive_tol,
+        synchronize=synchronize,
+        on_level=on_level,
     )
     stats.level_time_s[0] += shared_s
     return stats

@@ -53,9 +53,25 @@ from kpg_lightning.errors import ConfigError
 from kpg_lightning.kpg import KLevelStats, gradient_step, k_level_step
 
 __all__ = [
-    "GRAD_MAX", "NASH", "N_AGENTS", "OPTIMIZERS", "START", "LevelUpdate", "Trajectory",
-    "actions", "distance_to_nash", "k_level_update", "lipschitz_constant", "make_optimizer", "one_update",
-    "policy_gradient", "report", "returns", "theorem_bound", "trajectory", "validate",
+    "GRAD_MAX",
+    "NASH",
+    "N_AGENTS",
+    "OPTIMIZERS",
+    "START",
+    "LevelUpdate",
+    "Trajectory",
+    "actions",
+    "distance_to_nash",
+    "k_level_update",
+    "lipschitz_constant",
+    "make_optimizer",
+    "one_update",
+    "policy_gradient",
+    "report",
+    "returns",
+    "theorem_bound",
+    "trajectory",
+    "validate",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,8 +128,9 @@ def lipschitz_constant() -> float:
     return 1.0 / (math.dist(*START) - 1.0)
 
 
-def theorem_bound(k: int, eta: float, *, lipschitz: float | None = None, n: int = N_AGENTS,
-                  grad_max: float = GRAD_MAX) -> list[float]:
+def theorem_bound(
+    k: int, eta: float, *, lipschitz: float | None = None, n: int = N_AGENTS, grad_max: float = GRAD_MAX
+) -> list[float]:
     """Theorem 4.2 (eq. 5): ‖θ⁽ʲ⁾ − θ⁽ʲ⁻¹⁾‖ ≤ η (ηL)^(j−1) n (n−1)^(j−1) ∇max for levels j = 1..k."""
     lip = lipschitz_constant() if lipschitz is None else lipschitz
     return [eta * (eta * lip) ** (j - 1) * n * (n - 1) ** (j - 1) * grad_max for j in range(1, k + 1)]
@@ -126,8 +143,9 @@ def make_optimizer(name: str, params: Iterable[Tensor], eta: float) -> torch.opt
     return OPTIMIZERS[name](params, lr=eta)
 
 
-def k_level_update(theta: torch.nn.Parameter, optimizer: torch.optim.Optimizer, k: int,
-                   adaptive_tol: float | None = None) -> tuple[list[tuple[float, float]], KLevelStats]:
+def k_level_update(
+    theta: torch.nn.Parameter, optimizer: torch.optim.Optimizer, k: int, adaptive_tol: float | None = None
+) -> tuple[list[tuple[float, float]], KLevelStats]:
     """One K-level update of ``theta`` in place via the engine; returns the iterates θ⁽⁰⁾..θ⁽ᴷ⁾ and stats.
 
     Level k's objective is the surrogate −Σ_i θ_i · g_i, g_i = ∇_θi J_i(θ_i, θ_−i⁽ᵏ⁻¹⁾) in closed form, so the
@@ -183,16 +201,18 @@ def _pair(theta: Tensor) -> tuple[float, float]:
     return first, second
 
 
-def one_update(theta: Sequence[float], k: int, eta: float, optimizer: str = "sgd",
-               adaptive_tol: float | None = None) -> LevelUpdate:
+def one_update(
+    theta: Sequence[float], k: int, eta: float, optimizer: str = "sgd", adaptive_tol: float | None = None
+) -> LevelUpdate:
     """Levels θ⁽⁰⁾..θ⁽ᴷ⁾ of one K-level update from ``theta`` with a fresh optimizer (float64)."""
     param = _parameter(theta)
     levels, stats = k_level_update(param, make_optimizer(optimizer, [param], eta), k, adaptive_tol)
     return LevelUpdate(levels=levels, level_deltas=list(stats.level_delta), stats=stats)
 
 
-def trajectory(theta: Sequence[float], k: int, eta: float, steps: int, optimizer: str = "sgd",
-               adaptive_tol: float | None = None) -> Trajectory:
+def trajectory(
+    theta: Sequence[float], k: int, eta: float, steps: int, optimizer: str = "sgd", adaptive_tol: float | None = None
+) -> Trajectory:
     """``steps`` K-level updates from ``theta`` with one optimizer whose state persists across updates."""
     param = _parameter(theta)
     opt = make_optimizer(optimizer, [param], eta)
@@ -205,24 +225,42 @@ def trajectory(theta: Sequence[float], k: int, eta: float, steps: int, optimizer
     return result
 
 
-def report(k: int, eta: float, theta: Sequence[float], steps: int, ks: Sequence[int], optimizer: str = "sgd",
-           adaptive_tol: float | None = None) -> dict[str, Any]:
+def report(
+    k: int,
+    eta: float,
+    theta: Sequence[float],
+    steps: int,
+    ks: Sequence[int],
+    optimizer: str = "sgd",
+    adaptive_tol: float | None = None,
+) -> dict[str, Any]:
     """Everything ``meetup.json`` holds: one update's levels, the Theorem 4.2 bound and a trajectory per K."""
     update = one_update(theta, k, eta, optimizer, adaptive_tol)
     lip = lipschitz_constant()
     trajectories = {kk: trajectory(theta, kk, eta, steps, optimizer, adaptive_tol) for kk in ks}
     return {
-        "k": k, "eta": eta, "theta": [float(t) for t in theta], "optimizer": optimizer, "steps": steps,
-        "adaptive_tol": adaptive_tol, "levels_run": update.stats.levels_run,
+        "k": k,
+        "eta": eta,
+        "theta": [float(t) for t in theta],
+        "optimizer": optimizer,
+        "steps": steps,
+        "adaptive_tol": adaptive_tol,
+        "levels_run": update.stats.levels_run,
         "levels": [list(level) for level in update.levels],
         "level_deltas": update.level_deltas,
         "level_distance_to_nash": update.distance_to_nash,
         "bound": theorem_bound(update.stats.levels_run, eta, lipschitz=lip),
-        "lipschitz": lip, "grad_max": GRAD_MAX, "eta_max": 1.0 / (lip * (N_AGENTS - 1)),
-        "nash": list(NASH), "distance_to_nash_start": distance_to_nash(theta),
+        "lipschitz": lip,
+        "grad_max": GRAD_MAX,
+        "eta_max": 1.0 / (lip * (N_AGENTS - 1)),
+        "nash": list(NASH),
+        "distance_to_nash_start": distance_to_nash(theta),
         "trajectory": {
-            str(kk): {"theta": [list(t) for t in tr.theta], "distance_to_nash": tr.distance_to_nash,
-                      "levels_run": tr.levels_run}
+            str(kk): {
+                "theta": [list(t) for t in tr.theta],
+                "distance_to_nash": tr.distance_to_nash,
+                "levels_run": tr.levels_run,
+            }
             for kk, tr in trajectories.items()
         },
     }
@@ -282,8 +320,9 @@ def write_outputs(result: dict[str, Any], out: Path) -> list[Path]:
     figures = {
         "meetup_levels.png": meetup_plots.plot_levels(result["levels"], START),
         "meetup_paths.png": meetup_plots.plot_paths(result["theta"], result["trajectory"], NASH, returns),
-        "meetup_distance.png": meetup_plots.plot_distance(result["level_distance_to_nash"],
-                                                          result["level_deltas"], result["bound"]),
+        "meetup_distance.png": meetup_plots.plot_distance(
+            result["level_distance_to_nash"], result["level_deltas"], result["bound"]
+        ),
     }
     written = []
     for name, fig in figures.items():
@@ -312,8 +351,7 @@ def main(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         c["out"] = HydraConfig.get().runtime.output_dir
-    result = report(c["k"], float(c["eta"]), c["theta"], c["steps"], c["ks"], c["optimizer"],
-                    c["adaptive_tol"])
+    result = report(c["k"], float(c["eta"]), c["theta"], c["steps"], c["ks"], c["optimizer"], c["adaptive_tol"])
     paths = write_outputs(result, Path(c["out"]))
     log.info("level deltas: %s", ", ".join(f"{d:.3g}" for d in result["level_deltas"]))
     log.info("eta=%g, eta_max=1/(L(n-1))=%.4f, L=%.4f", c["eta"], result["eta_max"], result["lipschitz"])

@@ -37,11 +37,16 @@ def save(fig: Figure, path: str | Path, dpi: int = 120) -> None:
     fig.savefig(path, dpi=dpi, format="png")
 
 
-def _arrows(ax: Axes, start: Points, theta: Sequence[float], color: Any, label: str | None = None,
-            lw: float = 1.8) -> None:
+def _arrows(
+    ax: Axes, start: Points, theta: Sequence[float], color: Any, label: str | None = None, lw: float = 1.8
+) -> None:
     for i, (origin, angle) in enumerate(zip(start, theta, strict=True)):
-        ax.annotate("", xy=(origin[0] + math.cos(angle), origin[1] + math.sin(angle)), xytext=origin,
-                    arrowprops={"arrowstyle": "-|>", "color": color, "lw": lw})
+        ax.annotate(
+            "",
+            xy=(origin[0] + math.cos(angle), origin[1] + math.sin(angle)),
+            xytext=origin,
+            arrowprops={"arrowstyle": "-|>", "color": color, "lw": lw},
+        )
         if label and i == 0:
             ax.plot([], [], color=color, lw=lw, label=label)
 
@@ -93,8 +98,9 @@ def plot_levels(levels: Sequence[Sequence[float]], start: Points, max_panels: in
     return fig
 
 
-def _nash_copies(nash: Sequence[float], xlim: tuple[float, float],
-                 ylim: tuple[float, float]) -> list[tuple[float, float]]:
+def _nash_copies(
+    nash: Sequence[float], xlim: tuple[float, float], ylim: tuple[float, float]
+) -> list[tuple[float, float]]:
     """All 2π-translates of θ* (``nash``) inside the given box."""
     tau = 2 * math.pi
 
@@ -106,8 +112,12 @@ def _nash_copies(nash: Sequence[float], xlim: tuple[float, float],
     return [(x, y) for x in xs for y in ys if xlim[0] <= x <= xlim[1] and ylim[0] <= y <= ylim[1]]
 
 
-def plot_paths(theta0: Sequence[float], trajectories: Mapping[Any, Mapping[str, Any]], nash: Sequence[float],
-               returns: Callable[[Tensor], Tensor]) -> Figure:
+def plot_paths(
+    theta0: Sequence[float],
+    trajectories: Mapping[Any, Mapping[str, Any]],
+    nash: Sequence[float],
+    returns: Callable[[Tensor], Tensor],
+) -> Figure:
     """Fig. 2b: θ = (θ₁, θ₂) after each update, one path per K (darker = higher K), over contours of J₁ + J₂.
 
     ``trajectories`` maps K to ``{"theta": [[θ₁, θ₂], ...]}`` (the ``trajectory`` entry of ``meetup.json``);
@@ -145,8 +155,7 @@ def plot_paths(theta0: Sequence[float], trajectories: Mapping[Any, Mapping[str, 
     return fig
 
 
-def plot_distance(level_distance: Sequence[float], level_deltas: Sequence[float],
-                  bound: Sequence[float]) -> Figure:
+def plot_distance(level_distance: Sequence[float], level_deltas: Sequence[float], bound: Sequence[float]) -> Figure:
     """Fig. 3: distance to Nash of θ⁽ᵏ⁾ vs level k for one update; right: ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖ vs Theorem 4.2."""
     fig = _figure(9.0, 3.6)
     left, right = fig.subplots(1, 2)

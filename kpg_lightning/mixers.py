@@ -40,8 +40,16 @@ class HyperQMixer(Mixer):
             (JaxMARL's QMIX on SMAX: 0.001, so Q_tot starts near 0); None keeps PyTorch's default init.
     """
 
-    def __init__(self, n_agents: int, state_dim: int, embed_dim: int = 64, hypernet_hidden: int = 64,
-                 monotonic: bool = True, device: torch.device | str | None = None, init_scale: float | None = None):
+    def __init__(
+        self,
+        n_agents: int,
+        state_dim: int,
+        embed_dim: int = 64,
+        hypernet_hidden: int = 64,
+        monotonic: bool = True,
+        device: torch.device | str | None = None,
+        init_scale: float | None = None,
+    ):
         super().__init__(n_agents=n_agents, needs_state=True, state_shape=torch.Size([state_dim]), device=device)
         self.embed_dim, self.monotonic = embed_dim, monotonic
         self.hyper_w_1 = _hypernet(state_dim, hypernet_hidden, embed_dim * n_agents)
@@ -73,14 +81,21 @@ class HyperQMixer(Mixer):
         return (hidden.unsqueeze(-2) @ w_final.unsqueeze(-1)).squeeze(-1) + v
 
 
-def make_mixer(name: str, n_agents: int, state_dim: int, embed_dim: int = 64, hypernet_hidden: int = 64,
-               init_scale: float | None = None) -> Mixer:
+def make_mixer(
+    name: str,
+    n_agents: int,
+    state_dim: int,
+    embed_dim: int = 64,
+    hypernet_hidden: int = 64,
+    init_scale: float | None = None,
+) -> Mixer:
     """``qmix``, ``qmix_nonmonotonic`` or ``vdn`` (``init_scale``: see :class:`HyperQMixer`)."""
     if name == "vdn":
         return VDNMixer(n_agents=n_agents, device=None)
     if name in ("qmix", "qmix_nonmonotonic"):
-        return HyperQMixer(n_agents, state_dim, embed_dim, hypernet_hidden, monotonic=name == "qmix",
-                           init_scale=init_scale)
+        return HyperQMixer(
+            n_agents, state_dim, embed_dim, hypernet_hidden, monotonic=name == "qmix", init_scale=init_scale
+        )
     raise ValueError(f"algorithm.mixer: unknown {name!r}; valid: {', '.join(MIXERS)}")
 
 

@@ -32,19 +32,36 @@ class AgentMLP(nn.Module):
     otherwise each agent has its own parameters (TorchRL's ``MultiAgentMLP``, evaluated in one vectorized call).
     """
 
-    def __init__(self, n_agents: int, in_features: int, out_features: int, hidden: Sequence[int],
-                 activation: str = "relu", share_params: bool = True):
+    def __init__(
+        self,
+        n_agents: int,
+        in_features: int,
+        out_features: int,
+        hidden: Sequence[int],
+        activation: str = "relu",
+        share_params: bool = True,
+    ):
         super().__init__()
         self.n_agents, self.share_params = n_agents, share_params
         act = _activation(activation)
         if share_params:
-            self.net = MLP(in_features=in_features + n_agents, out_features=out_features,
-                           num_cells=list(hidden), activation_class=act)
+            self.net = MLP(
+                in_features=in_features + n_agents,
+                out_features=out_features,
+                num_cells=list(hidden),
+                activation_class=act,
+            )
             self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
         else:
-            self.net = MultiAgentMLP(n_agent_inputs=in_features, n_agent_outputs=out_features,
-                                     n_agents=n_agents, centralized=False, share_params=False,
-                                     num_cells=list(hidden), activation_class=act)
+            self.net = MultiAgentMLP(
+                n_agent_inputs=in_features,
+                n_agent_outputs=out_features,
+                n_agents=n_agents,
+                centralized=False,
+                share_params=False,
+                num_cells=list(hidden),
+                activation_class=act,
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.share_params:
@@ -75,12 +92,23 @@ class CentralCritic(nn.Module):
     action, e.g. agent ``i`` live and the others fixed) for agent ``i`` only: the N cases in one pass.
     """
 
-    def __init__(self, n_agents: int, state_dim: int, action_dim: int, hidden: Sequence[int],
-                 activation: str = "relu", per_agent: bool = True):
+    def __init__(
+        self,
+        n_agents: int,
+        state_dim: int,
+        action_dim: int,
+        hidden: Sequence[int],
+        activation: str = "relu",
+        per_agent: bool = True,
+    ):
         super().__init__()
         self.n_agents, self.per_agent = n_agents, per_agent
-        self.net = MLP(in_features=state_dim + n_agents * action_dim + (n_agents if per_agent else 0),
-                       out_features=1, num_cells=list(hidden), activation_class=_activation(activation))
+        self.net = MLP(
+            in_features=state_dim + n_agents * action_dim + (n_agents if per_agent else 0),
+            out_features=1,
+            num_cells=list(hidden),
+            activation_class=_activation(activation),
+        )
         self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
 
     def cases(self, state: Tensor, joint_actions: Tensor) -> Tensor:
@@ -118,8 +146,15 @@ class AgentGRU(nn.Module):
       with the current parameters.
     """
 
-    def __init__(self, n_agents: int, in_features: int, out_features: int, hidden: Sequence[int],
-                 gru_hidden: int = 128, activation: str = "relu"):
+    def __init__(
+        self,
+        n_agents: int,
+        in_features: int,
+        out_features: int,
+        hidden: Sequence[int],
+        gru_hidden: int = 128,
+        activation: str = "relu",
+    ):
         super().__init__()
         if not hidden:
             raise ValueError("model.actor_hidden: a recurrent actor needs at least one hidden layer (the embedding)")
@@ -127,8 +162,9 @@ class AgentGRU(nn.Module):
         self.n_agents, self.gru_hidden = n_agents, gru_hidden
         self.embed = nn.Sequential(nn.Linear(in_features + n_agents, hidden[0]), act())
         self.gru = nn.GRUCell(hidden[0], gru_hidden)
-        self.head = MLP(in_features=gru_hidden, out_features=out_features, num_cells=list(hidden[1:]),
-                        activation_class=act)
+        self.head = MLP(
+            in_features=gru_hidden, out_features=out_features, num_cells=list(hidden[1:]), activation_class=act
+        )
         self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
 
     def _embed(self, x: Tensor) -> Tensor:
@@ -166,6 +202,7 @@ def agent_body(n_agents: int, in_features: int, out_features: int, model: ModelC
 def recurrent_transforms(hidden_key: str | tuple[str, ...], n_agents: int, gru_hidden: int) -> list[Transform]:
     """The env transforms a recurrent policy needs: ``is_init`` marks (``InitTracker``) and a zero hidden state
     per agent at ``hidden_key`` (``TensorDictPrimer``, reset to zeros wherever an episode restarts)."""
-    primer = TensorDictPrimer({hidden_key: Unbounded(shape=(n_agents, gru_hidden))}, reset_key="_reset",
-                              expand_specs=True)
+    primer = TensorDictPrimer(
+        {hidden_key: Unbounded(shape=(n_agents, gru_hidden))}, reset_key="_reset", expand_specs=True
+    )
     return [InitTracker(), primer]

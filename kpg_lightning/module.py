@@ -39,7 +39,7 @@ from kpg_lightning.kpg import (
     gradient_step,
     make_actor_optimizer,
 )
-from kpg_lightning.metrics import log_at_frames, mean_over_ranks
+from kpg_lightning.metrics import log_at_frames
 
 __all__ = ["KPGModule", "frozen", "make_actor_optimizer"]
 
@@ -61,8 +61,16 @@ class KPGModule(LightningModule):
     right after every K level's update, before any restore (inspection only).
     """
 
-    def __init__(self, algorithm: Algorithm, kpg: KPGConfig, experience: Experience | None = None, *,
-                 on_nonfinite: str = "stop", config: dict[str, Any] | None = None, time_levels: bool = True):
+    def __init__(
+        self,
+        algorithm: Algorithm,
+        kpg: KPGConfig,
+        experience: Experience | None = None,
+        *,
+        on_nonfinite: str = "stop",
+        config: dict[str, Any] | None = None,
+        time_levels: bool = True,
+    ):
         super().__init__()
         self.automatic_optimization = False
         self.algorithm, self.kpg, self.experience = algorithm, kpg, experience
@@ -78,14 +86,6 @@ class KPGModule(LightningModule):
     @property
     def frames(self) -> int:
         return self.experience.frames if self.experience is not None else 0
-
-    @property
-    def iterations(self) -> int:
-        return self.experience.iterations if self.experience is not None else 0
-
-    @property
-    def max_frames(self) -> int:
-        return self.experience.max_frames if self.experience is not None else 0
 
     # -- data -------------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -103,20 +103,14 @@ class KPGModule(LightningModule):
         alg = self.algorithm
         optimizers = [torch.optim.Adam(alg.critic_parameters(), lr=alg.cfg.critic_lr, foreach=True)]
         if alg.has_actor:
-            optimizers.insert(0, make_actor_optimizer(self.kpg.actor_optimizer, self.kpg.k, alg.actor_parameters(),
-                                                      alg.cfg.actor_lr))
+            optimizers.insert(
+                0, make_actor_optimizer(self.kpg.actor_optimizer, self.kpg.k, alg.actor_parameters(), alg.cfg.actor_lr)
+            )
         if self.experience is None:
             return optimizers
         # every learning rate follows the algorithm's schedule over the budget (progress before the step's batch)
         schedules = [LambdaLR(opt, lambda _: alg.lr_scale(self.experience.progress)) for opt in optimizers]
         return optimizers, schedules
-
-    def _optimizers(self) -> tuple[Any, Any]:
-        """``(actor optimizer or None, critic optimizer)``."""
-        opts = self.optimizers()
-        if not isinstance(opts, (list, tuple)):
-            opts = [opts]
-        return (opts[0], opts[1]) if len(opts) == 2 else (None, opts[0])
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         schedules = self.lr_schedulers()
@@ -150,13 +144,13 @@ class KPGModule(LightningModule):
 
     def update(self, td: TensorDictBase) -> dict[str, float]:
         """One update: critic step(s), then the K-level actor step on each actor batch, then targets."""
-        actor_opt, critic_opt = self._optimizers()
-        alg, clip = self.algorithm, self.algorithm.cfg.grad_clip
+        alg, optimizers = self.algorithm, self.optimizers()
+        actor_opt, critic_opt = optimizers if alg.has_actor else (None, optimizers)
         critic_params = alg.critic_parameters()
         td = alg.process_batch(td)
         start = time.perf_counter()
-        metrics = alg.critic_update(td, partial(gradient_step, critic_opt, backward=self.manual_backward,
-                                                clip_grad_norm=clip, params=critic_params, name="critic loss"))
+        step = partial(gradient_step, backward=self.manual_backward, clip_grad_norm=alg.cfg.grad_clip)
+        metrics = alg.critic_update(td, partial(step, critic_opt, params=critic_params, name="critic loss"))
         self._sync()
         self.record.add_time("critic", time.perf_counter() - start)
         if actor_opt is not None:
@@ -171,10 +165,18 @@ class KPGModule(LightningModule):
 
     def k_levels(self, td: TensorDictBase, actor_opt: Any, actor_params: list[torch.nn.Parameter]) -> KLevelStats:
         """One K-level actor update on ``td`` (:func:`kpg_lightning.kpg.actor_k_level_step`)."""
-        return actor_k_level_step(self.algorithm, td, actor_opt, self.kpg.k, params=actor_params,
-                                  backward=self.manual_backward, clip_grad_norm=self.algorithm.cfg.grad_clip,
-                                  adaptive_tol=self.kpg.adaptive_tol,
-                                  synchronize=self._sync if self.time_levels else None, on_level=self.on_level)
+        return actor_k_level_step(
+            self.algorithm,
+            td,
+            actor_opt,
+            self.kpg.k,
+            params=actor_params,
+            backward=self.manual_backward,
+            clip_grad_norm=self.algorithm.cfg.grad_clip,
+            adaptive_tol=self.kpg.adaptive_tol,
+            synchronize=self._sync if self.time_levels else None,
+            on_level=self.on_level,
+        )
 
     def _sync(self) -> None:
         if self.time_levels and self.device.type == "cuda":
@@ -187,32 +189,18 @@ class KPGModule(LightningModule):
         if last_return is not None:
             metrics["train/return"] = last_return
         metrics["train/frames"] = self.frames
-        self.log_frames(metrics)
+        log_at_frames(self, metrics, self.frames)
         self.log("frames", float(self.frames), prog_bar=True, logger=False, batch_size=1)
         if last_return is not None:
             self.log("return", last_return, prog_bar=True, logger=False, batch_size=1)
 
-    def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Mean of each metric over data-parallel ranks. Collective."""
-        return mean_over_ranks(self, metrics)
-
-    def log_frames(self, metrics: dict[str, float]) -> None:
-        """Write metrics (averaged over ranks) to every logger with the frame count as the step. Collective."""
-        log_at_frames(self, metrics, self.frames)
-
     # -- checkpoints ------------------------------------------------------------------------------------------
-    def check_finite_parameters(self) -> None:
-        """Refuse to checkpoint NaN/inf parameters."""
-        for name, tensor in self.state_dict().items():
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise NonFiniteError(f"parameter {name} is not finite; not writing a checkpoint")
-
-    def save_replay(self, path: Path) -> None:
-        self.experience.save_replay(path)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["kpg_counters"] = {**self.experience.state_dict(), "train_steps": self.train_steps,
-                                      "skipped_updates": self.skipped_updates}
+        checkpoint["kpg_counters"] = {
+            **self.experience.state_dict(),
+            "train_steps": self.train_steps,
+            "skipped_updates": self.skipped_updates,
+        }
         checkpoint["kpg_rng"] = capture_rng(*self.experience.generators())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,26 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-__all__ = ["Run", "bootstrap_ci", "final_table", "find_runs", "fmt", "iqm", "mean_curve", "relative_table",
-           "standard_error", "summarise", "write_report"]
+from kpg_lightning.report_stats import bootstrap_ci, iqm, mean_curve, standard_error
+from kpg_lightning.report_tables import METRIC_NAMES, final_table, fmt, relative_table
 
-METRIC_NAMES = {"return": "greedy evaluation return", "win_rate": "greedy evaluation win rate"}
+# the statistics and tables are part of this module's API (the results notebook reads them from here)
+__all__ = [
+    "METRIC_NAMES",
+    "Run",
+    "bootstrap_ci",
+    "final_table",
+    "find_runs",
+    "fmt",
+    "iqm",
+    "main",
+    "mean_curve",
+    "relative_table",
+    "standard_error",
+    "summarise",
+    "write_report",
+]
+
 _NOT_A_VARIANT = ("seed", "kpg.k", "experiment", "resume")
 
 
@@ -55,64 +71,15 @@ class Run:
     """The command line's overrides (``{"algorithm.actor_lr": "3e-4", ...}``), for variant labels."""
 
 
-# -- statistics ----------------------------------------------------------------------------------------------------
-def iqm(values: Any, axis: int = -1) -> np.ndarray | float:
-    """Interquartile mean along ``axis``: drop the ``int(n / 4)`` lowest and highest values, average the rest."""
-    x = np.sort(np.asarray(values, dtype=float), axis=axis)
-    n = x.shape[axis]
-    if n == 0:
-        raise ValueError("iqm of no values")
-    cut = int(0.25 * n)
-    return np.take(x, np.arange(cut, n - cut), axis=axis).mean(axis=axis)
-
-
-def bootstrap_ci(values: Sequence[float], statistic: Callable[..., Any] = iqm, resamples: int = 2000,
-                 confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of ``statistic`` (called with ``axis=-1``) over the runs.
-
-    Resamples the runs with replacement ``resamples`` times from ``numpy.random.default_rng(seed)``: the same
-    values and seed always give the same interval.
-    """
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        raise ValueError("bootstrap of no values")
-    rng = np.random.default_rng(seed)
-    stats = statistic(x[rng.integers(0, x.size, size=(resamples, x.size))], axis=-1)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(stats, [tail, 1.0 - tail])
-    return float(low), float(high)
-
-
-def standard_error(values: Sequence[float]) -> float:
-    """Standard error of the mean (sample std with ddof=1 over √n); NaN for fewer than two values."""
-    x = np.asarray(values, dtype=float)
-    return float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
-
-
-def mean_curve(series: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and standard error over runs of ``(frames, values)`` curves.
-
-    Runs evaluated at the same frames are averaged point by point; otherwise each is interpolated onto the union of
-    their frames, cut to the span every run covers (up to the shortest run).
-    """
-    grids = [np.asarray(f, dtype=float) for f, _ in series]
-    if all(g.shape == grids[0].shape and np.array_equal(g, grids[0]) for g in grids):
-        grid, ys = grids[0], np.stack([np.asarray(v, dtype=float) for _, v in series])
-    else:
-        grid = np.unique(np.concatenate(grids))
-        grid = grid[(grid >= max(g[0] for g in grids)) & (grid <= min(g[-1] for g in grids))]
-        ys = np.stack([np.interp(grid, g, np.asarray(v, dtype=float)) for g, (_, v) in zip(grids, series, strict=True)])
-    se = ys.std(axis=0, ddof=1) / math.sqrt(len(ys)) if len(ys) > 1 else np.zeros_like(grid)
-    return grid, ys.mean(axis=0), se
-
-
-# -- finding runs --------------------------------------------------------------------------------------------------
 def _overrides(run_dir: Path) -> dict[str, str]:
     """``.hydra/overrides.yaml`` as ``{key: value}``, without the keys that do not make a variant."""
     path = run_dir / ".hydra" / "overrides.yaml"
     pairs = (str(o).partition("=") for o in (OmegaConf.load(path) if path.is_file() else []))
-    return {key.lstrip("+~"): value for key, _, value in pairs
-            if key.lstrip("+~") not in _NOT_A_VARIANT and not key.lstrip("+~").startswith("hydra")}
+    return {
+        key.lstrip("+~"): value
+        for key, _, value in pairs
+        if key.lstrip("+~") not in _NOT_A_VARIANT and not key.lstrip("+~").startswith("hydra")
+    }
 
 
 def _config(run_dir: Path) -> dict[str, Any]:
@@ -138,15 +105,27 @@ def _load_run(run_dir: Path) -> Run | None:
     if summary.get("eval_return_mean") is None or not history:
         return None
     finals = {"return": float(summary["eval_return_mean"])}
-    curves = {"return": (np.array([h["frames"] for h in history], dtype=float),
-                         np.array([h["return_mean"] for h in history], dtype=float))}
+    curves = {
+        "return": (
+            np.array([h["frames"] for h in history], dtype=float),
+            np.array([h["return_mean"] for h in history], dtype=float),
+        )
+    }
     if summary.get("eval_win_rate") is not None:
         finals["win_rate"] = float(summary["eval_win_rate"])
         win = _csv_curve(run_dir / "csv" / "metrics.csv", "eval/win_rate")
         curves["win_rate"] = win or (curves["return"][0][-1:], np.array([finals["win_rate"]]))
     seed = summary["seed"] if "seed" in summary else _config(run_dir).get("seed", 0)  # summaries before "seed"
-    return Run(run_dir, str(summary["algorithm"]), str(summary["env"]), int(summary["k"]), int(seed), finals, curves,
-               _overrides(run_dir))
+    return Run(
+        run_dir,
+        str(summary["algorithm"]),
+        str(summary["env"]),
+        int(summary["k"]),
+        int(seed),
+        finals,
+        curves,
+        _overrides(run_dir),
+    )
 
 
 def _incomplete(run_dir: Path, reason: str) -> dict[str, Any]:
@@ -158,8 +137,14 @@ def _incomplete(run_dir: Path, reason: str) -> dict[str, Any]:
         task = task_name(OmegaConf.create(cfg["env"]))
     except Exception:
         pass
-    return {"path": str(run_dir), "algorithm": cfg.get("algorithm", {}).get("name"), "task": task,
-            "k": cfg.get("kpg", {}).get("k"), "seed": cfg.get("seed"), "reason": reason}
+    return {
+        "path": str(run_dir),
+        "algorithm": cfg.get("algorithm", {}).get("name"),
+        "task": task,
+        "k": cfg.get("kpg", {}).get("k"),
+        "seed": cfg.get("seed"),
+        "reason": reason,
+    }
 
 
 def find_runs(root: str | Path) -> tuple[list[Run], list[dict[str, Any]]]:
@@ -196,8 +181,13 @@ def _clean(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def summarise(runs: Sequence[Run], incomplete: Iterable[dict[str, Any]] = (), resamples: int = 2000,
-              confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+def summarise(
+    runs: Sequence[Run],
+    incomplete: Iterable[dict[str, Any]] = (),
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
     """All the report's numbers (what ``results.json`` holds): groups, curves, relative improvements."""
     labels = _variant_labels(runs)
     tasks = sorted({r.task for r in runs})
@@ -216,17 +206,33 @@ def summarise(runs: Sequence[Run], incomplete: Iterable[dict[str, Any]] = (), re
         name = metric[task]
         values = [members[s].finals[name] for s in seeds]
         frames, mean, se = mean_curve([members[s].curves[name] for s in seeds])
-        groups.append({
-            "task": task, "label": label, "algorithm": members[seeds[0]].algorithm, "k": k, "metric": name,
-            "n": len(seeds), "seeds": seeds, "missing_seeds": sorted(all_seeds - set(seeds)), "values": values,
-            "mean": float(np.mean(values)), "se": _clean(standard_error(values)), "iqm": float(iqm(values)),
-            "iqm_ci": list(bootstrap_ci(values, iqm, resamples, confidence, seed)),
-            "runs": [str(members[s].path) for s in seeds],
-            "curve": {"frames": frames.tolist(), "mean": mean.tolist(), "se": se.tolist()},
-        })
-    return {"metric_by_task": metric, "groups": groups, "relative": _relative(groups),
-            "incomplete": list(incomplete), "duplicates": duplicates,
-            "bootstrap": {"statistic": "iqm", "resamples": resamples, "confidence": confidence, "seed": seed}}
+        groups.append(
+            {
+                "task": task,
+                "label": label,
+                "algorithm": members[seeds[0]].algorithm,
+                "k": k,
+                "metric": name,
+                "n": len(seeds),
+                "seeds": seeds,
+                "missing_seeds": sorted(all_seeds - set(seeds)),
+                "values": values,
+                "mean": float(np.mean(values)),
+                "se": _clean(standard_error(values)),
+                "iqm": float(iqm(values)),
+                "iqm_ci": list(bootstrap_ci(values, iqm, resamples, confidence, seed)),
+                "runs": [str(members[s].path) for s in seeds],
+                "curve": {"frames": frames.tolist(), "mean": mean.tolist(), "se": se.tolist()},
+            }
+        )
+    return {
+        "metric_by_task": metric,
+        "groups": groups,
+        "relative": _relative(groups),
+        "incomplete": list(incomplete),
+        "duplicates": duplicates,
+        "bootstrap": {"statistic": "iqm", "resamples": resamples, "confidence": confidence, "seed": seed},
+    }
 
 
 def _relative(groups: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -249,8 +255,19 @@ def _relative(groups: Sequence[dict[str, Any]]) -> dict[str, Any]:
         elif k1 == 0 or (ref["se"] is not None and abs(k1) <= ref["se"]):
             note = "K = 1 mean within one s.e. of 0"
         percent = None if note else 100.0 * diff / abs(k1)
-        rows.append({"task": g["task"], "label": g["label"], "k": g["k"], "k1_mean": k1, "mean": g["mean"],
-                     "percent": percent, "diff": diff, "diff_se": diff_se, "note": note})
+        rows.append(
+            {
+                "task": g["task"],
+                "label": g["label"],
+                "k": g["k"],
+                "k1_mean": k1,
+                "mean": g["mean"],
+                "percent": percent,
+                "diff": diff,
+                "diff_se": diff_se,
+                "note": note,
+            }
+        )
     average: dict[str, float] = {}
     for column in dict.fromkeys(f"{r['label']} K={r['k']}" for r in rows):
         values = [r["percent"] for r in rows if f"{r['label']} K={r['k']}" == column and r["percent"] is not None]
@@ -259,85 +276,9 @@ def _relative(groups: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"rows": rows, "average": average}
 
 
-# -- tables --------------------------------------------------------------------------------------------------------
-def fmt(x: float | None, like: float | None = None) -> str:
-    """Four significant digits without exponent (``-1.626``, ``3457``, ``0.01230``); ``—`` for no value.
-
-    With ``like``, as many decimals as ``like`` gets (a standard error next to its mean: ``-1.867 ± 0.037``).
-    """
-    if x is None or not math.isfinite(x):
-        return "—"
-    ref = x if like is None or not math.isfinite(like) else like
-    digits = 3 if ref == 0 else max(0, 3 - math.floor(math.log10(abs(ref))))
-    return f"{x:.{digits}f}"
-
-
-def final_table(results: dict[str, Any]) -> str:
-    """``final.md``: one table per task, a row per (variant, K), then the incomplete and duplicate runs."""
-    b = results["bootstrap"]
-    lines = ["# Final performance", "",
-             f"Last greedy evaluation of each run. Over seeds: mean ± standard error, IQM (interquartile mean) and "
-             f"its {b['confidence']:.0%} percentile-bootstrap CI ({b['resamples']} resamples, seed {b['seed']}).", ""]
-    for task, metric in results["metric_by_task"].items():
-        lines += [f"## {task}: final {METRIC_NAMES[metric]}", "",
-                  "| algorithm | K | seeds | mean ± s.e. | IQM | IQM 95% CI | missing seeds |",
-                  "|---|---:|---:|---|---:|---|---|"]
-        for g in (g for g in results["groups"] if g["task"] == task):
-            low, high = g["iqm_ci"]
-            missing = ", ".join(map(str, g["missing_seeds"])) or "none"
-            lines.append(f"| {g['label']} | {g['k']} | {g['n']} | {fmt(g['mean'])} ± {fmt(g['se'], g['mean'])} | "
-                         f"{fmt(g['iqm'])} | [{fmt(low)}, {fmt(high)}] | {missing} |")
-        lines.append("")
-    if results["incomplete"]:
-        lines += ["## Incomplete runs", "", "| run | algorithm | task | K | seed | reason |",
-                  "|---|---|---|---:|---:|---|"]
-        lines += [f"| `{r['path']}` | {r['algorithm']} | {r['task']} | {r['k']} | {r['seed']} | {r['reason']} |"
-                  for r in results["incomplete"]]
-        lines.append("")
-    if results["duplicates"]:
-        lines += ["## Duplicate runs (same configuration and seed; the newer one is used)", ""]
-        lines += [f"- `{d['path']}` (replaced by `{d['replaced_by']}`)" for d in results["duplicates"]] + [""]
-    return "\n".join(lines)
-
-
-def relative_table(results: dict[str, Any]) -> str:
-    """``relative.md``: tasks as rows, each (variant, K > 1) as a column, % improvement over K = 1."""
-    rel = results["relative"]
-    columns = list(dict.fromkeys(f"{r['label']} K={r['k']}" for r in rel["rows"]))
-    lines = ["# Improvement over K = 1", "",
-             "(mean_K − mean_K=1) / |mean_K=1| × 100 of the final evaluation (return, or win rate where the env "
-             "reports wins), same algorithm and task; positive is better; n/a: no K = 1 run, or its mean is within one "
-             "standard error of 0 (a percentage of it would be noise; see the absolute difference below). "
-             "Seeds per group: see final.md.", ""]
-    if not columns:
-        return "\n".join([*lines, "No K > 1 runs found.", ""])
-
-    def cell(x: float | None) -> str:
-        return "n/a" if x is None else f"{x:+.1f}%"
-
-    lines += ["| task | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-    for task in results["metric_by_task"]:
-        found = {f"{r['label']} K={r['k']}": r["percent"] for r in rel["rows"] if r["task"] == task}
-        lines.append(f"| {task} | " + " | ".join(cell(found[c]) if c in found else "" for c in columns) + " |")
-    lines.append("| **average over tasks** | " + " | ".join(
-        f"**{rel['average'][c]:+.1f}%**" if c in rel["average"] else "" for c in columns) + " |")
-    lines += ["", "## Absolute difference", "",
-              "mean_K − mean_K=1 ± its standard error (√(s.e.² + s.e._K=1²)), in the task's metric; n/a notes say why "
-              "a percentage above is missing.", "",
-              "| task | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-    for task in results["metric_by_task"]:
-        found = {f"{r['label']} K={r['k']}": r for r in rel["rows"] if r["task"] == task}
-
-        def diff(r: dict[str, Any]) -> str:
-            text = "n/a" if r["diff"] is None else f"{r['diff']:+.4g} ± {fmt(r['diff_se'], r['diff'])}"
-            return f"{text} ({r['note']})" if r["note"] else text
-
-        lines.append(f"| {task} | " + " | ".join(diff(found[c]) if c in found else "" for c in columns) + " |")
-    return "\n".join([*lines, ""])
-
-
-def write_report(root: str | Path, out: str | Path, resamples: int = 2000, confidence: float = 0.95,
-                 seed: int = 0) -> dict[str, Any]:
+def write_report(
+    root: str | Path, out: str | Path, resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
     """Find the runs below ``root``, write the PNGs, ``final.md``, ``relative.md`` and ``results.json`` to ``out``.
 
     Returns the results, with ``files`` naming what was written.

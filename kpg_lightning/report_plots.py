@@ -42,8 +42,9 @@ def plot_task(task: str, groups: list[dict[str, Any]]) -> Figure:
         frames, mean, se = (np.asarray(g["curve"][key], dtype=float) for key in ("frames", "mean", "se"))
         style = _LINESTYLES[labels.index(g["label"]) % len(_LINESTYLES)]
         name = textwrap.fill(f"{g['label']}, K={g['k']}  (n={g['n']} seed{'s' if g['n'] != 1 else ''})", 90)
-        ax.plot(frames, mean, style, color=colors(i % 10), lw=2, marker="o" if len(frames) < 15 else None, ms=4,
-                label=name)
+        ax.plot(
+            frames, mean, style, color=colors(i % 10), lw=2, marker="o" if len(frames) < 15 else None, ms=4, label=name
+        )
         if g["n"] > 1:
             ax.fill_between(frames, mean - se, mean + se, color=colors(i % 10), alpha=0.2, lw=0)
     metric = groups[0]["metric"] if groups else "return"
@@ -54,8 +55,14 @@ def plot_task(task: str, groups: list[dict[str, Any]]) -> Figure:
     if metric == "win_rate":
         ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    fig.legend(title="mean ± s.e. over seeds", fontsize=9, title_fontsize=9, loc="outside lower center",
-               ncols=1 if len(groups) < 3 or any(len(g["label"]) > 30 for g in groups) else 2, frameon=False)
+    fig.legend(
+        title="mean ± s.e. over seeds",
+        fontsize=9,
+        title_fontsize=9,
+        loc="outside lower center",
+        ncols=1 if len(groups) < 3 or any(len(g["label"]) > 30 for g in groups) else 2,
+        frameon=False,
+    )
     return fig
 
 

@@ -79,7 +79,8 @@ def global_rank() -> int:
         if key in os.environ:
             return int(os.environ[key])
     return int(os.environ.get("NODE_RANK", 0)) * int(os.environ.get("LOCAL_WORLD_SIZE", 1)) + int(
-        os.environ.get("LOCAL_RANK", 0))
+        os.environ.get("LOCAL_RANK", 0)
+    )
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -101,8 +102,10 @@ def episode_length(cfg: DictConfig, env: EnvBase) -> int:
         return int(cfg.buffer.episode_length)
     limit = getattr(env.base_env, "episode_limit", None) or cfg.env.get("max_steps")
     if not limit:
-        raise ConfigError(f"buffer.episode_length: {cfg.algorithm.name} replays whole episodes and "
-                          f"{task_name(cfg.env)} states no episode limit; set buffer.episode_length")
+        raise ConfigError(
+            f"buffer.episode_length: {cfg.algorithm.name} replays whole episodes and "
+            f"{task_name(cfg.env)} states no episode limit; set buffer.episode_length"
+        )
     return int(limit)
 
 
@@ -113,8 +116,10 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     strategy = kwargs.get("strategy")
     if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
         kwargs["strategy"] = f"{strategy}_find_unused_parameters_true"
-        print(f"note: trainer.strategy={strategy} runs as {kwargs['strategy']} (separate actor/critic backwards)",
-              file=sys.stderr)
+        print(
+            f"note: trainer.strategy={strategy} runs as {kwargs['strategy']} (separate actor/critic backwards)",
+            file=sys.stderr,
+        )
     return kwargs
 
 
@@ -124,43 +129,70 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     checkpoint = resolve_checkpoint(cfg.resume) if cfg.resume else None
     seed_everything(cfg.seed, workers=True)
     env = with_episode_returns(make_env(cfg.env, seed=cfg.seed))
-    eval_env = with_episode_returns(make_env(cfg.env, seed=cfg.seed + 10_000,
-                                             **_eval_envs(cfg.env, cfg.eval.episodes)))
+    eval_env = with_episode_returns(make_env(cfg.env, seed=cfg.seed + 10_000, **_eval_envs(cfg.env, cfg.eval.episodes)))
     info = EnvInfo.from_env(env)
     algorithm = make_algorithm(OmegaConf.to_object(cfg.algorithm), info, OmegaConf.to_object(cfg.model))
     for target in (env, eval_env):
         for transform in algorithm.env_transforms():
             target.append_transform(transform)
-    replay = None if algorithm.on_policy else make_replay_buffer(
-        cfg.buffer.size, cfg.buffer.batch_size, seed=collection_seed(cfg.seed, global_rank(), -1))
+    replay = (
+        None
+        if algorithm.on_policy
+        else make_replay_buffer(
+            cfg.buffer.size, cfg.buffer.batch_size, seed=collection_seed(cfg.seed, global_rank(), -1)
+        )
+    )
 
-    def make_collector(total_frames: int, init_random_frames: int, start_frames: int, rank: int,
-                       device: torch.device) -> Collector:
+    def make_collector(
+        total_frames: int, init_random_frames: int, start_frames: int, rank: int, device: torch.device
+    ) -> Collector:
         env.set_seed(collection_seed(cfg.seed, rank, start_frames))
         per_batch = cfg.collector.frames_per_batch
-        return Collector(env, algorithm.policy(), frames_per_batch=per_batch,
-                         total_frames=-(-total_frames // per_batch) * per_batch, init_random_frames=init_random_frames,
-                         storing_device="cpu", policy_device=device, auto_register_policy_transforms=False)
+        return Collector(
+            env,
+            algorithm.policy(),
+            frames_per_batch=per_batch,
+            total_frames=-(-total_frames // per_batch) * per_batch,
+            init_random_frames=init_random_frames,
+            storing_device="cpu",
+            policy_device=device,
+            auto_register_policy_transforms=False,
+        )
 
     episodic = replay is not None and algorithm.replay_unit == "episodes"
-    experience = Experience(make_collector, cfg.max_frames, replay=replay,
-                            updates_per_batch=cfg.buffer.updates_per_batch, batch_size=cfg.buffer.batch_size,
-                            learning_starts=cfg.buffer.learning_starts,
-                            init_random_frames=cfg.collector.init_random_frames,
-                            segment_frames=cfg.checkpoint.every_frames,
-                            episode_length=episode_length(cfg, env) if episodic else None,
-                            exclude=tuple(algorithm.replay_exclude))
-    module = KPGModule(algorithm, OmegaConf.to_object(cfg.kpg), experience, on_nonfinite=cfg.on_nonfinite,
-                       config=OmegaConf.to_container(cfg, resolve=True))
+    experience = Experience(
+        make_collector,
+        cfg.max_frames,
+        replay=replay,
+        updates_per_batch=cfg.buffer.updates_per_batch,
+        batch_size=cfg.buffer.batch_size,
+        learning_starts=cfg.buffer.learning_starts,
+        init_random_frames=cfg.collector.init_random_frames,
+        segment_frames=cfg.checkpoint.every_frames,
+        episode_length=episode_length(cfg, env) if episodic else None,
+        exclude=tuple(algorithm.replay_exclude),
+    )
+    module = KPGModule(
+        algorithm,
+        OmegaConf.to_object(cfg.kpg),
+        experience,
+        on_nonfinite=cfg.on_nonfinite,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
     module.resume_dir = checkpoint
     k_cost = KCostCallback()
-    evaluation = EvaluationCallback(eval_env, cfg.eval.episodes, cfg.eval.every_frames,
-                                    max_steps=cfg.eval.max_steps or cfg.env.get("max_steps", 1000))
+    evaluation = EvaluationCallback(
+        eval_env,
+        cfg.eval.episodes,
+        cfg.eval.every_frames,
+        max_steps=cfg.eval.max_steps or cfg.env.get("max_steps", 1000),
+    )
     diagnostics = KPGDiagnostics(cfg.kpg.log_every_n_steps)
     callbacks = [k_cost, diagnostics, evaluation]
     if cfg.trainer.get("enable_checkpointing") is not False:
-        callbacks.append(FrameCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_frames,
-                                         cfg.checkpoint.keep_last))
+        callbacks.append(
+            FrameCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_frames, cfg.checkpoint.keep_last)
+        )
     if cfg.trainer.get("enable_progress_bar") is not False:
         callbacks.append(FramesProgressBar())
     callbacks += [instantiate(c) for c in cfg.callbacks.values() if c is not None]
@@ -172,18 +204,33 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     wall = time.perf_counter() - start
     history = evaluation.history
     summary = {
-        "algorithm": cfg.algorithm.name, "env": task_name(cfg.env), "k": cfg.kpg.k, "seed": cfg.seed,
-        "frames": module.frames, "max_frames": cfg.max_frames, "wall_clock_s": wall,
-        "train_steps": module.train_steps, "iterations": module.iterations,
+        "algorithm": cfg.algorithm.name,
+        "env": task_name(cfg.env),
+        "k": cfg.kpg.k,
+        "seed": cfg.seed,
+        "frames": module.frames,
+        "max_frames": cfg.max_frames,
+        "wall_clock_s": wall,
+        "train_steps": module.train_steps,
+        "iterations": experience.iterations,
         "eval_return_mean": history[-1]["return_mean"] if history else None,
-        "eval_return_history": [{"frames": h["frames"], "return_mean": h["return_mean"], "return_std": h["return_std"],
-                                 **({"win_rate": h["win_rate"]} if "win_rate" in h else {})} for h in history],
+        "eval_return_history": [
+            {
+                "frames": h["frames"],
+                "return_mean": h["return_mean"],
+                "return_std": h["return_std"],
+                **({"win_rate": h["win_rate"]} if "win_rate" in h else {}),
+            }
+            for h in history
+        ],
         **({"eval_win_rate": history[-1]["win_rate"]} if history and "win_rate" in history[-1] else {}),
         **k_cost.summary(),
         "kpg": diagnostics.summary(),
         "resumed_from": str(checkpoint) if checkpoint else None,
-        "skipped_updates": module.skipped_updates, "stopped_by": module.stopped_by,
-        "device": str(module.device), "torch_threads": torch.get_num_threads(),
+        "skipped_updates": module.skipped_updates,
+        "stopped_by": module.stopped_by,
+        "device": str(module.device),
+        "torch_threads": torch.get_num_threads(),
     }
     if trainer.is_global_zero:
         write_json(run_dir / "summary.json", summary)

@@ -17,10 +17,20 @@ import torch
 HAS_VMAS = importlib.util.find_spec("vmas") is not None
 needs_vmas = pytest.mark.skipif(not HAS_VMAS, reason="vmas not installed (pip install 'kpg-lightning[vmas]')")
 
-TINY = ["model.actor_hidden=[32,32]", "model.critic_hidden=[32,32]", "env.num_envs=8", "env.max_steps=20",
-        "collector.frames_per_batch=160", "buffer.batch_size=32", "buffer.updates_per_batch=2",
-        "eval.episodes=2", "eval.every_frames=320", "checkpoint.every_frames=320",
-        "trainer.enable_progress_bar=false", "logger.tensorboard=null"]
+TINY = [
+    "model.actor_hidden=[32,32]",
+    "model.critic_hidden=[32,32]",
+    "env.num_envs=8",
+    "env.max_steps=20",
+    "collector.frames_per_batch=160",
+    "buffer.batch_size=32",
+    "buffer.updates_per_batch=2",
+    "eval.episodes=2",
+    "eval.every_frames=320",
+    "checkpoint.every_frames=320",
+    "trainer.enable_progress_bar=false",
+    "logger.tensorboard=null",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,8 @@ class LevelProbe(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         pl_module.on_level = lambda level, params: self.levels.append(
-            [pl_module.iterations, level, _digest(list(params))])
+            [pl_module.experience.iterations, level, _digest(list(params))]
+        )
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self.batches.append(_digest([batch.get(("agents", "observation"))]))
@@ -36,4 +37,5 @@ class LevelProbe(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / f"rank{trainer.global_rank}.json").write_text(
-            json.dumps({"levels": self.levels, "batches": self.batches, "frames": pl_module.frames}))
+            json.dumps({"levels": self.levels, "batches": self.batches, "frames": pl_module.frames})
+        )

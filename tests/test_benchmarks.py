@@ -16,14 +16,33 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 def _run(script: str, *args: str, out: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args, "--out", str(out)], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=out.parent)
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=out.parent,
+    )
 
 
 def test_k_overhead_table_has_paired_overheads_and_floors(tmp_path):
     out = tmp_path / "results"
-    result = _run("k_overhead.py", "--settings", "maddpg_vmas", "--ks", "1", "2", "--repeats", "2", "--frames", "1800",
-                  "--warmup", "1", out=out)
+    result = _run(
+        "k_overhead.py",
+        "--settings",
+        "maddpg_vmas",
+        "--ks",
+        "1",
+        "2",
+        "--repeats",
+        "2",
+        "--frames",
+        "1800",
+        "--warmup",
+        "1",
+        out=out,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = json.loads((out / "k_overhead.json").read_text())["maddpg_vmas"]
     assert len(runs["1"]) == len(runs["2"]) == 2 and "level_2" in runs["2"][0] and "level_2" not in runs["1"][0]
@@ -33,8 +52,20 @@ def test_k_overhead_table_has_paired_overheads_and_floors(tmp_path):
 
 def test_profile_update_writes_operator_table(tmp_path):
     out = tmp_path / "results"
-    result = _run("profile_update.py", "--setting", "maddpg_vmas", "--ks", "2", "--updates", "3", "--warmup", "1",
-                  "--frames", "600", out=out)
+    result = _run(
+        "profile_update.py",
+        "--setting",
+        "maddpg_vmas",
+        "--ks",
+        "2",
+        "--updates",
+        "3",
+        "--warmup",
+        "1",
+        "--frames",
+        "600",
+        out=out,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     text = (out / "profile_maddpg_vmas.md").read_text()
     assert "## K = 2" in text and "aten::addmm" in text and "ms per update without the profiler" in text

@@ -39,8 +39,9 @@ def _quadratic(best: torch.Tensor):
 
 def _cem(best: torch.Tensor, low: torch.Tensor, high: torch.Tensor, iterations: int = 2):
     generator = torch.Generator().manual_seed(0)
-    return cem_maximize(_quadratic(best), low, high, None, best.shape, samples=64, elites=6, iterations=iterations,
-                        generator=generator)
+    return cem_maximize(
+        _quadratic(best), low, high, None, best.shape, samples=64, elites=6, iterations=iterations, generator=generator
+    )
 
 
 def test_cem_finds_the_maximiser_of_a_concave_q():
@@ -121,20 +122,37 @@ class _StandInQ(torch.nn.Module):
 def test_td_target_and_loss_by_hand(mixer):
     """y = mean reward + γ(1 − terminated) Q̄_tot(s', max_a Q̄_i); terminated drops it; VDN sums; loss is MSE."""
     n, obs_dim, action_dim, state_dim, batch = 2, 4, 3, 5, 6
-    info = EnvInfo(n_agents=n, obs_dim=obs_dim, action_dim=action_dim, discrete=False, state_dim=state_dim,
-                   action_low=-torch.ones(n, action_dim), action_high=torch.ones(n, action_dim),
-                   has_action_mask=False, has_action_dim_mask=True)
+    info = EnvInfo(
+        n_agents=n,
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        discrete=False,
+        state_dim=state_dim,
+        action_low=-torch.ones(n, action_dim),
+        action_high=torch.ones(n, action_dim),
+        has_action_mask=False,
+        has_action_dim_mask=True,
+    )
     alg = _small_comix(info, mixer=mixer, cem_samples=256, cem_iterations=4)
     alg.target_agent.net = _StandInQ(obs_dim)
     dim_mask = torch.ones(batch, n, action_dim, dtype=torch.bool)
     dim_mask[:, 1, 2] = False  # agent 1's last dim is padding
     terminated = torch.tensor([False, True, False, True, False, False]).unsqueeze(-1)
-    td = TensorDict({
-        OBS: torch.randn(batch, n, obs_dim), ACTION: torch.rand(batch, n, action_dim) * 2 - 1, DIM_MASK: dim_mask,
-        "state": torch.randn(batch, state_dim),
-        "next": {OBS: torch.randn(batch, n, obs_dim), "state": torch.randn(batch, state_dim),
-                 ("agents", "reward"): torch.randn(batch, n, 1), "terminated": terminated},
-    }, batch_size=[batch])
+    td = TensorDict(
+        {
+            OBS: torch.randn(batch, n, obs_dim),
+            ACTION: torch.rand(batch, n, action_dim) * 2 - 1,
+            DIM_MASK: dim_mask,
+            "state": torch.randn(batch, state_dim),
+            "next": {
+                OBS: torch.randn(batch, n, obs_dim),
+                "state": torch.randn(batch, state_dim),
+                ("agents", "reward"): torch.randn(batch, n, 1),
+                "terminated": terminated,
+            },
+        },
+        batch_size=[batch],
+    )
     nxt = td["next"]
     next_q = nxt[OBS].sum(-1, keepdim=True) - 0.09 * (~dim_mask).sum(-1, keepdim=True)  # [B, N, 1]
     with torch.no_grad():
@@ -156,9 +174,17 @@ def test_td_target_and_loss_by_hand(mixer):
 
 
 def _random_info() -> EnvInfo:
-    return EnvInfo(n_agents=3, obs_dim=4, action_dim=2, discrete=False, state_dim=6,
-                   action_low=-torch.ones(3, 2), action_high=torch.ones(3, 2), has_action_mask=False,
-                   has_action_dim_mask=False)
+    return EnvInfo(
+        n_agents=3,
+        obs_dim=4,
+        action_dim=2,
+        discrete=False,
+        state_dim=6,
+        action_low=-torch.ones(3, 2),
+        action_high=torch.ones(3, 2),
+        has_action_mask=False,
+        has_action_dim_mask=False,
+    )
 
 
 def test_polyak_targets_and_the_module_update():
@@ -169,15 +195,25 @@ def test_polyak_targets_and_the_module_update():
     assert isinstance(opt, torch.optim.Adam)
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in alg.critic_parameters()}
     assert not {id(p) for p in alg.critic_parameters()} & {
-        id(p) for m in (alg.target_agent, alg.target_mixer) for p in m.parameters()}
+        id(p) for m in (alg.target_agent, alg.target_mixer) for p in m.parameters()
+    }
     module.optimizers = lambda: opt
     module.manual_backward = lambda loss, **kwargs: loss.backward(**kwargs)
     batch = 16
-    td = TensorDict({
-        OBS: torch.randn(batch, 3, 4), ACTION: torch.rand(batch, 3, 2) * 2 - 1, "state": torch.randn(batch, 6),
-        "next": {OBS: torch.randn(batch, 3, 4), "state": torch.randn(batch, 6),
-                 ("agents", "reward"): torch.randn(batch, 3, 1), "terminated": torch.zeros(batch, 1, dtype=bool)},
-    }, batch_size=[batch])
+    td = TensorDict(
+        {
+            OBS: torch.randn(batch, 3, 4),
+            ACTION: torch.rand(batch, 3, 2) * 2 - 1,
+            "state": torch.randn(batch, 6),
+            "next": {
+                OBS: torch.randn(batch, 3, 4),
+                "state": torch.randn(batch, 6),
+                ("agents", "reward"): torch.randn(batch, 3, 1),
+                "terminated": torch.zeros(batch, 1, dtype=bool),
+            },
+        },
+        batch_size=[batch],
+    )
     online_before = [p.detach().clone() for p in alg.critic_parameters()]
     targets_before = [p.clone() for m in (alg.target_agent, alg.target_mixer) for p in m.parameters()]
     metrics = module.update(td)
@@ -201,11 +237,16 @@ def test_acting_is_reproducible_under_the_global_seed():
     assert torch.equal(actions[0], actions[1]) and not torch.equal(actions[0], actions[2])
 
 
-@pytest.mark.parametrize(("override", "key"), [("algorithm.mixer=qmix_nonmonotonic", "algorithm.mixer"),
-                                               ("algorithm.cem_elites=1", "algorithm.cem_elites"),
-                                               ("algorithm.cem_elites=65", "algorithm.cem_elites"),
-                                               ("algorithm.cem_iterations=0", "algorithm.cem_iterations"),
-                                               ("kpg.k=2", "kpg.k")])
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("algorithm.mixer=qmix_nonmonotonic", "algorithm.mixer"),
+        ("algorithm.cem_elites=1", "algorithm.cem_elites"),
+        ("algorithm.cem_elites=65", "algorithm.cem_elites"),
+        ("algorithm.cem_iterations=0", "algorithm.cem_iterations"),
+        ("kpg.k=2", "kpg.k"),
+    ],
+)
 def test_invalid_options_are_refused(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose(["+experiment=comix_halfcheetah", override]))
@@ -216,21 +257,44 @@ def test_experiments_mirror_facmac():
         comix, facmac = compose([f"+experiment=comix_{task}"]), compose([f"+experiment=facmac_{task}"])
         validate(comix)
         assert (comix.algorithm.name, comix.kpg.k, comix.env.scenario, comix.env.agent_conf) == (
-            "comix", 1, scenario, "2x3")
+            "comix",
+            1,
+            scenario,
+            "2x3",
+        )
         for group in ("env", "collector", "buffer", "eval"):
             assert comix[group] == facmac[group], group
         assert comix.max_frames == facmac.max_frames == 2_000_000
         assert comix.model.critic_hidden == [400, 300]
         algo = comix.algorithm
-        assert (algo.critic_lr, algo.gamma, algo.tau, algo.noise_sigma, algo.cem_samples, algo.cem_elites,
-                algo.cem_iterations, algo.mixer) == (1e-3, 0.99, 0.001, 0.1, 64, 6, 2, "qmix")
+        assert (
+            algo.critic_lr,
+            algo.gamma,
+            algo.tau,
+            algo.noise_sigma,
+            algo.cem_samples,
+            algo.cem_elites,
+            algo.cem_iterations,
+            algo.mixer,
+        ) == (1e-3, 0.99, 0.001, 0.1, 64, 6, 2, "qmix")
 
 
-TINY_MUJOCO = ["model.critic_hidden=[32,32]", "env.max_steps=100", "max_frames=2000",
-               "collector.init_random_frames=500", "buffer.learning_starts=500", "buffer.size=5000",
-               "buffer.batch_size=32", "algorithm.cem_samples=16", "algorithm.cem_elites=4", "eval.every_frames=1000",
-               "eval.episodes=2", "checkpoint.every_frames=100000", "trainer.enable_progress_bar=false",
-               "logger.tensorboard=null"]
+TINY_MUJOCO = [
+    "model.critic_hidden=[32,32]",
+    "env.max_steps=100",
+    "max_frames=2000",
+    "collector.init_random_frames=500",
+    "buffer.learning_starts=500",
+    "buffer.size=5000",
+    "buffer.batch_size=32",
+    "algorithm.cem_samples=16",
+    "algorithm.cem_elites=4",
+    "eval.every_frames=1000",
+    "eval.episodes=2",
+    "checkpoint.every_frames=100000",
+    "trainer.enable_progress_bar=false",
+    "logger.tensorboard=null",
+]
 
 
 @needs_mamujoco
@@ -239,7 +303,11 @@ def test_tiny_halfcheetah_run_writes_summary(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["algorithm"], summary["env"], summary["k"], summary["frames"]) == (
-        "comix", "mamujoco/HalfCheetah-2x3", 1, 2000)
+        "comix",
+        "mamujoco/HalfCheetah-2x3",
+        1,
+        2000,
+    )
     assert summary["train_steps"] == 151 * 10  # batches of 10 frames at 500, 510, ..., 2000, 10 updates each
     assert [h["frames"] for h in summary["eval_return_history"]] == [0, 1000, 2000]
     assert all(abs(h["return_mean"]) < 1e4 for h in summary["eval_return_history"])

@@ -26,14 +26,20 @@ def _renamed(config: dict) -> dict:
     return {**config, "algorithm": {RENAMED.get(key, key): value for key, value in config["algorithm"].items()}}
 
 
-BEFORE = {name: _renamed(config)
-          for name, config in json.loads((FIXTURES / "experiment_configs.json").read_text()).items()}
+BEFORE = {
+    name: _renamed(config) for name, config in json.loads((FIXTURES / "experiment_configs.json").read_text()).items()
+}
 CONF = Path(__file__).parents[1] / "conf"
 
 
 def composed(name: str) -> dict:
-    return json.loads(json.dumps(OmegaConf.to_container(compose([f"+experiment={name}"] if name else []),
-                                                        resolve=False), sort_keys=True, default=str))
+    return json.loads(
+        json.dumps(
+            OmegaConf.to_container(compose([f"+experiment={name}"] if name else []), resolve=False),
+            sort_keys=True,
+            default=str,
+        )
+    )
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE), ids=lambda n: n or "default")
@@ -50,8 +56,9 @@ NUMBERS = ("frames", "train_steps", "iterations", "eval_return_mean", "eval_retu
 
 @needs_vmas
 def test_default_run_gives_the_same_numbers(tmp_path):
-    result = run_train(tmp_path / "run", "seed=0", "max_frames=6000", "trainer.enable_progress_bar=false",
-                       "logger.tensorboard=null")
+    result = run_train(
+        tmp_path / "run", "seed=0", "max_frames=6000", "trainer.enable_progress_bar=false", "logger.tensorboard=null"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     expected = json.loads((FIXTURES / "default_run_summary.json").read_text())

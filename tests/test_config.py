@@ -56,20 +56,35 @@ CASES = [
     (["resume=/no/such/run"], "resume", "no such run directory or checkpoint"),
     (["algorithm.tau=0"], "algorithm.tau", "a number in (0, 1]"),
     (["algorithm.critic=central"], "algorithm.critic", "one of per_agent, team"),
-    (["model.recurrent=true"], "model.recurrent",
-     "false for maddpg with continuous actions (recurrent actors: mappo, ippo)"),
+    (
+        ["model.recurrent=true"],
+        "model.recurrent",
+        "false for maddpg with continuous actions (recurrent actors: mappo, ippo)",
+    ),
     (["algorithm=facmac", "env=mamujoco", "algorithm.mixer=qmax"], "algorithm.mixer", "one of qmix, "),
-    (["algorithm=facmac", "env=mamujoco", "algorithm.mixer_hypernet_hidden=0"], "algorithm.mixer_hypernet_hidden",
-     ">= 1"),
-    (["algorithm=facmac", "env=smax", "algorithm.epsilon_frames=1000"], "algorithm.epsilon_frames",
-     "renamed to algorithm.epsilon_anneal_frames"),
-    (["algorithm=comix", "env=mamujoco", "algorithm.hypernet_hidden=32"], "algorithm.hypernet_hidden",
-     "renamed to algorithm.mixer_hypernet_hidden"),
+    (
+        ["algorithm=facmac", "env=mamujoco", "algorithm.mixer_hypernet_hidden=0"],
+        "algorithm.mixer_hypernet_hidden",
+        ">= 1",
+    ),
+    (
+        ["algorithm=facmac", "env=smax", "algorithm.epsilon_frames=1000"],
+        "algorithm.epsilon_frames",
+        "renamed to algorithm.epsilon_anneal_frames",
+    ),
+    (
+        ["algorithm=comix", "env=mamujoco", "algorithm.hypernet_hidden=32"],
+        "algorithm.hypernet_hidden",
+        "renamed to algorithm.mixer_hypernet_hidden",
+    ),
     (["algorithm=mappo", "env=smax", "algorithm.clip_epsilon=-1"], "algorithm.clip_epsilon", "a number > 0"),
     (["algorithm=mappo", "env=smax", "algorithm.gae_lambda=2"], "algorithm.gae_lambda", "in [0, 1]"),
     (["algorithm=ippo", "env=smax", "algorithm.minibatches=0"], "algorithm.minibatches", "an integer >= 1"),
-    (["algorithm=mappo", "env=smax", "model.recurrent=true", "model.share_params=false"], "model.share_params",
-     "true with model.recurrent=true"),
+    (
+        ["algorithm=mappo", "env=smax", "model.recurrent=true", "model.share_params=false"],
+        "model.share_params",
+        "true with model.recurrent=true",
+    ),
 ]
 
 

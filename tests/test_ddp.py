@@ -11,11 +11,20 @@ pytestmark = needs_vmas
 
 def test_ranks_agree_after_every_level_while_data_differ(tmp_path, monkeypatch):
     probe = tmp_path / "probe"
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [os.path.dirname(__file__),
-                                                                   os.environ.get("PYTHONPATH")])))
-    result = run_train(tmp_path / "run", *TINY, "max_frames=960", "kpg.k=2", "trainer.strategy=ddp",
-                       "trainer.devices=2", "+callbacks.probe._target_=ddp_probe.LevelProbe",
-                       f"+callbacks.probe.out={probe}", timeout=400)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")]))
+    )
+    result = run_train(
+        tmp_path / "run",
+        *TINY,
+        "max_frames=960",
+        "kpg.k=2",
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        "+callbacks.probe._target_=ddp_probe.LevelProbe",
+        f"+callbacks.probe.out={probe}",
+        timeout=400,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
     levels = [r["levels"] for r in ranks]

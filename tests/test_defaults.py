@@ -25,8 +25,9 @@ from kpg_lightning.envs.registry import ENV_FAMILIES
 
 CONF = Path(__file__).parents[1] / "conf"
 NOT_GROUPS = {"experiment", "hydra", "protocol"}
-OPTIONS = sorted(path.relative_to(CONF).as_posix() for path in CONF.glob("*/*.yaml")
-                 if path.parent.name not in NOT_GROUPS)
+OPTIONS = sorted(
+    path.relative_to(CONF).as_posix() for path in CONF.glob("*/*.yaml") if path.parent.name not in NOT_GROUPS
+)
 
 
 def schema_of(option: str) -> type | None:
@@ -45,8 +46,10 @@ def schema_of(option: str) -> type | None:
     kind = OmegaConf.get_type(root, group)
     if dataclasses.is_dataclass(kind):
         return kind
-    assert kind is dict, (f"conf/{option}: Config.{group} has no schema and the yaml's defaults list names none "
-                          f"in the ConfigStore (add `defaults: [<name>_config, _self_]`)")
+    assert kind is dict, (
+        f"conf/{option}: Config.{group} has no schema and the yaml's defaults list names none "
+        f"in the ConfigStore (add `defaults: [<name>_config, _self_]`)"
+    )
     return None
 
 
@@ -62,14 +65,17 @@ def test_group_option_yaml_holds_no_default_of_its_schema(option):
     if schema is None:
         pytest.skip(f"conf/{option}: a group without a schema; its yaml is the one home of its values")
     keys = written_twice(CONF / option, schema)
-    assert not keys, (f"conf/{option} writes {', '.join(keys)}, which {schema.__name__} already holds: keep the "
-                      f"value (and its explanation) in the dataclass only")
+    assert not keys, (
+        f"conf/{option} writes {', '.join(keys)}, which {schema.__name__} already holds: keep the "
+        f"value (and its explanation) in the dataclass only"
+    )
 
 
 def test_root_yaml_holds_no_default_of_config():
     keys = written_twice(CONF / "config.yaml", Config)
-    assert not keys, (f"conf/config.yaml writes {', '.join(keys)}, which Config already holds: keep the values "
-                      f"in the dataclass only")
+    assert not keys, (
+        f"conf/config.yaml writes {', '.join(keys)}, which Config already holds: keep the values in the dataclass only"
+    )
 
 
 def test_every_registered_schema_has_its_group_option():
@@ -82,7 +88,8 @@ def test_every_registered_schema_has_its_group_option():
             path = CONF / group / f"{name}.yaml"
             assert path.is_file(), f"{group}/{entry} is registered but conf/{group}/{name}.yaml is missing"
             assert entry.removesuffix(".yaml") in OmegaConf.load(path).get("defaults", []), (
-                f"conf/{group}/{name}.yaml does not compose over {entry.removesuffix('.yaml')}")
+                f"conf/{group}/{name}.yaml does not compose over {entry.removesuffix('.yaml')}"
+            )
 
 
 # -- dataclass-built configs are the composed ones ------------------------------------------------------------

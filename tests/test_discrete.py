@@ -1,16 +1,15 @@
 """Discrete K-FACMAC / K-MADDPG (SMAC/SMAX, Appendix E.2) on the real SMAX env: K=1 is discrete FACMAC bit for bit,
-level 2 is the hand-assembled cases loss, masks hold everywhere, GRU resets, padding, hard targets, ε, runs."""
+level 2 is the hand-assembled cases loss, masks hold everywhere, GRU resets, padding, hard targets, ε (experiments
+and tiny runs: test_discrete_runs.py)."""
 
 from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compose
 from tensordict import TensorDict
 from torchrl.envs import Compose, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -27,23 +26,19 @@ from kpg_lightning.algorithms.discrete import (
 from kpg_lightning.algorithms.facmac import DiscreteFacmac, FacmacConfig
 from kpg_lightning.algorithms.maddpg import DiscreteMaddpg, MaddpgConfig
 from kpg_lightning.config import KPGConfig, ModelConfig
-from kpg_lightning.configure import validate
 from kpg_lightning.data import EpisodeAssembler
 from kpg_lightning.envs.info import EnvInfo
 from kpg_lightning.kpg import gradient_step, k_level_step
 from kpg_lightning.module import KPGModule
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
-              pytest.mark.skipif(importlib.util.find_spec("jaxmarl") is None,
-                                 reason="jaxmarl not installed (pip install 'kpg-lightning[smax]')")]
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("jaxmarl") is None, reason="jaxmarl not installed (pip install 'kpg-lightning[smax]')"
+    ),
+]
 
 OBS, ACTION, MASK = ("agents", "observation"), ("agents", "action"), ("agents", "action_mask")
-EXPERIMENTS = ["k2_facmac_smac_mmm", "facmac_smac_mmm", "k2_facmac_smac_corridor", "facmac_smac_corridor",
-               "k2_facmac_smax_mmm", "facmac_smax_mmm", "k2_maddpg_smax_3m", "maddpg_smax_3m"]
-
-
-
-
 
 
 def build(base, algorithm: str = "facmac", recurrent: bool = True, **cfg):
@@ -135,15 +130,19 @@ def plain_discrete_facmac_update(net, td, noise, actor_opt, critic_opt, updates:
     raw = raw_logits(net.actor.body, obs)
     actions = straight_through(mask_logits(raw, mask), noise)
     loss = -filled_mean(team_q(net.critic, net.mixer, obs, actions, state), td) + cfg.action_penalty * logit_penalty(
-        raw, td)
+        raw, td
+    )
     actor_opt.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(list(net.actor.parameters()), cfg.grad_clip)
     actor_opt.step()
     updates[0] += 1
     if updates[0] % cfg.target_update_interval == 0:
-        for target, online in [(net.target_actor, net.actor), (net.target_critic, net.critic),
-                               (net.target_mixer, net.mixer)]:
+        for target, online in [
+            (net.target_actor, net.actor),
+            (net.target_critic, net.critic),
+            (net.target_mixer, net.mixer),
+        ]:
             target.load_state_dict(online.state_dict())
 
 
@@ -160,8 +159,9 @@ def test_k1_discrete_k_facmac_is_plain_discrete_facmac_bit_for_bit(smax, episode
     module, (actor_opt, critic_opt) = module_for(alg, k=1)
     assert isinstance(actor_opt, torch.optim.Adam)
     ref_actor_opt = torch.optim.Adam(reference.actor.parameters(), lr=alg.cfg.actor_lr)
-    ref_critic_opt = torch.optim.Adam([*reference.critic.parameters(), *reference.mixer.parameters()],
-                                      lr=alg.cfg.critic_lr)
+    ref_critic_opt = torch.optim.Adam(
+        [*reference.critic.parameters(), *reference.mixer.parameters()], lr=alg.cfg.critic_lr
+    )
     updates = [0]
     for seed in range(3):  # targets are copied at the second update
         torch.manual_seed(seed)
@@ -197,8 +197,11 @@ def test_level_two_is_the_hand_assembled_cases_loss(smax, episodes):
     level1 = copy.deepcopy(start)  # level 1: FACMAC's joint objective from θ
     raw = raw_logits(level1.actor.body, obs)
     live = straight_through(mask_logits(raw, mask), noise)
-    rmsprop_step(level1, -filled_mean(team_q(level1.critic, level1.mixer, obs, live, state), td)
-                 + alg.cfg.action_penalty * logit_penalty(raw, td))
+    rmsprop_step(
+        level1,
+        -filled_mean(team_q(level1.critic, level1.mixer, obs, live, state), td)
+        + alg.cfg.action_penalty * logit_penalty(raw, td),
+    )
     with torch.no_grad():
         others = F.one_hot((unroll(level1.actor.body, obs, mask) + noise).argmax(-1), alg.info.action_dim).float()
         level0 = F.one_hot((unroll(start.actor.body, obs, mask) + noise).argmax(-1), alg.info.action_dim).float()
@@ -216,9 +219,15 @@ def test_level_two_is_the_hand_assembled_cases_loss(smax, episodes):
 
     assert torch.equal(alg.level_outputs(td, 1).actions, level0)  # what a level hands on: exact hard one-hots
     opt = torch.optim.RMSprop(alg.actor_parameters(), lr=alg.cfg.actor_lr)
-    stats = k_level_step(opt, 2, lambda o: gradient_step(opt, alg.actor_loss(td, o), clip_grad_norm=alg.cfg.grad_clip,
-                                                         params=alg.actor_parameters()),
-                         lambda level: alg.level_outputs(td, level), params=alg.actor_parameters())
+    stats = k_level_step(
+        opt,
+        2,
+        lambda o: gradient_step(
+            opt, alg.actor_loss(td, o), clip_grad_norm=alg.cfg.grad_clip, params=alg.actor_parameters()
+        ),
+        lambda level: alg.level_outputs(td, level),
+        params=alg.actor_parameters(),
+    )
     torch.testing.assert_close(stats.objective[1], float(total.detach()) / n + float(penalty), rtol=1e-5, atol=1e-6)
     for ours, theirs in zip(alg.actor_parameters(), level2.actor.parameters(), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
@@ -226,16 +235,34 @@ def test_level_two_is_the_hand_assembled_cases_loss(smax, episodes):
 
 def test_masked_actions_are_never_chosen():
     """Acting (ε = 1, ε = 0, greedy) and training's Gumbel one-hots pick available actions only, over many draws."""
-    info = EnvInfo(n_agents=3, obs_dim=4, action_dim=8, discrete=True, state_dim=6, action_low=None,
-                   action_high=None, has_action_mask=True, has_action_dim_mask=False)
+    info = EnvInfo(
+        n_agents=3,
+        obs_dim=4,
+        action_dim=8,
+        discrete=True,
+        state_dim=6,
+        action_low=None,
+        action_high=None,
+        has_action_mask=True,
+        has_action_dim_mask=False,
+    )
     alg = make_algorithm(FacmacConfig(), info, ModelConfig(actor_hidden=[16], critic_hidden=[16]))
     batch = 2000
     mask = torch.rand(batch, 3, 8) < 0.3
     mask[torch.arange(batch), :, torch.randint(8, (batch,))] = True  # at least one available action per agent
-    td = TensorDict({"agents": TensorDict({"observation": 3 * torch.randn(batch, 3, 4), "action_mask": mask},
-                                          batch_size=[batch, 3])}, batch_size=[batch])
-    for epsilon, mode in [(1.0, ExplorationType.RANDOM), (0.0, ExplorationType.RANDOM),
-                          (0.5, ExplorationType.DETERMINISTIC)]:
+    td = TensorDict(
+        {
+            "agents": TensorDict(
+                {"observation": 3 * torch.randn(batch, 3, 4), "action_mask": mask}, batch_size=[batch, 3]
+            )
+        },
+        batch_size=[batch],
+    )
+    for epsilon, mode in [
+        (1.0, ExplorationType.RANDOM),
+        (0.0, ExplorationType.RANDOM),
+        (0.5, ExplorationType.DETERMINISTIC),
+    ]:
         alg.acting.epsilon.fill_(epsilon)
         with set_exploration_type(mode), torch.no_grad():
             out = alg.policy()(td.clone())
@@ -352,39 +379,3 @@ def test_maddpg_level_zero_is_the_current_actor_and_cases_are_one_pass(smax):
         total = total - alg.critic(td["state"], joint)[:, i].mean() / n
     for g, e in zip(grads, torch.autograd.grad(total, alg.actor_parameters()), strict=True):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
-
-
-def test_experiments_compose_and_twins_differ_only_in_k():
-    for name in EXPERIMENTS:
-        validate(compose([f"+experiment={name}"]))
-    for k2, k1 in [(EXPERIMENTS[i], EXPERIMENTS[i + 1]) for i in range(0, len(EXPERIMENTS), 2)]:
-        a, b = compose([f"+experiment={k2}"]), compose([f"+experiment={k1}"])
-        assert (a.kpg.k, b.kpg.k) == (2, 1)
-        b.kpg.k = 2
-        assert a == b, k2
-    cfg = compose(["+experiment=k2_facmac_smac_mmm"])
-    assert (cfg.model.recurrent, cfg.model.gru_hidden, cfg.buffer.size, cfg.buffer.batch_size,
-            cfg.algorithm.target_update, cfg.algorithm.target_update_interval, cfg.algorithm.actor_lr,
-            cfg.algorithm.critic_lr, cfg.eval.episodes, cfg.eval.every_frames, cfg.max_frames) == (
-        True, 64, 5000, 32, "hard", 200, 0.0025, 0.0005, 32, 10_000, 2_000_000)
-    assert compose(["+experiment=k2_facmac_smax_mmm"]).env.map_name == "MMM_no_medivac"
-
-
-TINY = ["env.map_name=3m", "env.num_envs=4", "collector.frames_per_batch=200", "max_frames=800",
-        "model.actor_hidden=[16]", "model.critic_hidden=[16,16]", "model.gru_hidden=16", "buffer.batch_size=8",
-        "buffer.updates_per_batch=2", "buffer.learning_starts=0", "eval.episodes=4", "eval.every_frames=400",
-        "checkpoint.every_frames=800", "trainer.enable_progress_bar=false", "logger.tensorboard=null",
-        "logger.csv=null"]
-
-
-@pytest.mark.parametrize(("experiment", "recurrent"), [("k2_facmac_smax_mmm", True), ("maddpg_smax_3m", False)])
-def test_tiny_smax_run_writes_win_rate(tmp_path, experiment, recurrent):
-    """A whole run in this process (the 4-env SMAX functions are compiled once per process)."""
-    from kpg_lightning.train import train
-
-    summary = train([f"+experiment={experiment}", *TINY], tmp_path / "run")
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["train_steps"] == summary["train_steps"]
-    algorithm, k = ("facmac", 2) if recurrent else ("maddpg", 1)
-    assert (summary["algorithm"], summary["env"], summary["k"], summary["frames"]) == (algorithm, "smax/3m", k, 800)
-    assert summary["train_steps"] > 0 and 0.0 <= summary["eval_win_rate"] <= 1.0
-    assert [h["frames"] for h in summary["eval_return_history"]] == [0, 400, 800]

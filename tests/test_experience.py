@@ -33,8 +33,15 @@ def experience_on(env, max_frames: int, calls: list | None = None, **kwargs) -> 
         if calls is not None:
             calls.append((total_frames, init_random_frames, start_frames, rank, device))
         env.set_seed(start_frames)
-        return Collector(env, None, frames_per_batch=ENVS * STEPS, total_frames=total_frames,
-                         init_random_frames=init_random_frames, storing_device="cpu", policy_device=device)
+        return Collector(
+            env,
+            None,
+            frames_per_batch=ENVS * STEPS,
+            total_frames=total_frames,
+            init_random_frames=init_random_frames,
+            storing_device="cpu",
+            policy_device=device,
+        )
 
     return Experience(make_collector, max_frames, **kwargs)
 
@@ -52,8 +59,11 @@ def test_segments_restart_at_checkpoint_boundaries_with_rank_and_device(env):
     calls: list = []
     experience = experience_on(env, 200, calls, segment_frames=80, init_random_frames=120)
     yielded = drain(experience, rank=0, world_size=1, device="cpu")
-    assert calls == [(80, 80, 0, 0, torch.device("cpu")), (80, 40, 80, 0, torch.device("cpu")),
-                     (40, 0, 160, 0, torch.device("cpu"))]
+    assert calls == [
+        (80, 80, 0, 0, torch.device("cpu")),
+        (80, 40, 80, 0, torch.device("cpu")),
+        (40, 0, 160, 0, torch.device("cpu")),
+    ]
     assert len(yielded) == 5 and experience.frames == 200 and experience.iterations == 5 and experience.finished
     assert yielded == [[(ENVS, STEPS)]] * 5  # on-policy: each collected batch is the one update's batch
     assert experience.last_return is not None  # episodes of 5 steps ended inside every batch
@@ -98,10 +108,22 @@ def test_learning_rate_anneals_by_frames_and_resumes(tmp_path):
     updates); a run resumed from its checkpoint continues the schedule, not restarts it."""
     from conftest import run_train
 
-    run = ["env.num_envs=4", "env.max_steps=10", "collector.frames_per_batch=40", "max_frames=160",
-           "algorithm=mappo", "kpg.k=2", "model.actor_hidden=[16]", "model.critic_hidden=[16]",
-           "eval.every_frames=0", "eval.episodes=1", "checkpoint.every_frames=80", "checkpoint.keep_last=5",
-           "trainer.enable_progress_bar=false", "logger.tensorboard=null"]
+    run = [
+        "env.num_envs=4",
+        "env.max_steps=10",
+        "collector.frames_per_batch=40",
+        "max_frames=160",
+        "algorithm=mappo",
+        "kpg.k=2",
+        "model.actor_hidden=[16]",
+        "model.critic_hidden=[16]",
+        "eval.every_frames=0",
+        "eval.episodes=1",
+        "checkpoint.every_frames=80",
+        "checkpoint.keep_last=5",
+        "trainer.enable_progress_bar=false",
+        "logger.tensorboard=null",
+    ]
     result = run_train(tmp_path / "full", *run)
     assert result.returncode == 0, result.stderr[-3000:]
 

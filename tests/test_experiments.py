@@ -13,10 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 
 CONF = Path(__file__).parents[1] / "conf"
 EXPERIMENTS = {p.stem: p for p in sorted((CONF / "experiment").glob("*.yaml"))}
-LINE_BUDGET = 400      # all of conf/experiment/; it was 950 lines when every experiment carried its own settings
-MAX_SETTINGS = 10      # values one experiment sets besides its defaults list
-GROUPS = ("algorithm", "env", "protocol")   # what an experiment's defaults list may choose
-TASK_AND_K = {"env.scenario", "env.agent_conf", "env.map_name", "kpg.k"}   # may repeat across experiments
+LINE_BUDGET = 400  # all of conf/experiment/; it was 950 lines when every experiment carried its own settings
+MAX_SETTINGS = 10  # values one experiment sets besides its defaults list
+GROUPS = ("algorithm", "env", "protocol")  # what an experiment's defaults list may choose
+TASK_AND_K = {"env.scenario", "env.agent_conf", "env.map_name", "kpg.k"}  # may repeat across experiments
 
 
 def settings(path: Path) -> dict[str, object]:

@@ -63,8 +63,11 @@ def _plain_facmac_update(net: Facmac, td, actor_opt, critic_opt) -> None:
     torch.nn.utils.clip_grad_norm_(list(mlp.parameters()), cfg.grad_clip)
     actor_opt.step()
     with torch.no_grad():
-        for target, online in [(net.target_actor, net.actor.module), (net.target_critic, net.critic),
-                               (net.target_mixer, net.mixer)]:
+        for target, online in [
+            (net.target_actor, net.actor.module),
+            (net.target_critic, net.critic),
+            (net.target_mixer, net.mixer),
+        ]:
             for t, p in zip(target.parameters(), online.parameters(), strict=True):
                 t.lerp_(p, cfg.tau)
 
@@ -79,8 +82,9 @@ def test_k1_k_facmac_is_plain_facmac_bit_for_bit():
     module.optimizers = lambda: (actor_opt, critic_opt)
     module.manual_backward = lambda loss, **kwargs: loss.backward(**kwargs)
     ref_actor_opt = torch.optim.Adam(reference.actor.parameters(), lr=alg.cfg.actor_lr)
-    ref_critic_opt = torch.optim.Adam([*reference.critic.parameters(), *reference.mixer.parameters()],
-                                      lr=alg.cfg.critic_lr)
+    ref_critic_opt = torch.optim.Adam(
+        [*reference.critic.parameters(), *reference.mixer.parameters()], lr=alg.cfg.critic_lr
+    )
     generator = torch.Generator().manual_seed(0)
     for _ in range(4):
         batch = td[torch.randint(len(td), (32,), generator=generator)]
@@ -208,17 +212,35 @@ def test_experiment_twins_differ_only_in_k():
         assert k1 == k2
     cfg = compose(["+experiment=k2_facmac_humanoid"])
     assert (cfg.env.agent_conf, cfg.buffer.batch_size, cfg.algorithm.tau, cfg.model.actor_hidden) == (
-        "9|8", 100, 0.001, [400, 300])
+        "9|8",
+        100,
+        0.001,
+        [400, 300],
+    )
 
 
-TINY_MUJOCO = ["model.actor_hidden=[32,32]", "model.critic_hidden=[32,32]", "env.max_steps=50", "max_frames=400",
-               "collector.init_random_frames=100", "buffer.learning_starts=100", "buffer.size=5000",
-               "buffer.batch_size=32", "buffer.updates_per_batch=5", "eval.every_frames=200", "eval.episodes=2",
-               "checkpoint.every_frames=100000", "trainer.enable_progress_bar=false", "logger.tensorboard=null"]
+TINY_MUJOCO = [
+    "model.actor_hidden=[32,32]",
+    "model.critic_hidden=[32,32]",
+    "env.max_steps=50",
+    "max_frames=400",
+    "collector.init_random_frames=100",
+    "buffer.learning_starts=100",
+    "buffer.size=5000",
+    "buffer.batch_size=32",
+    "buffer.updates_per_batch=5",
+    "eval.every_frames=200",
+    "eval.episodes=2",
+    "checkpoint.every_frames=100000",
+    "trainer.enable_progress_bar=false",
+    "logger.tensorboard=null",
+]
 
 
-@pytest.mark.parametrize(("experiment", "k", "env"), [("k2_facmac_walker", 2, "mamujoco/Walker2d-2x3"),
-                                                      ("facmac_humanoid", 1, "mamujoco/Humanoid-9|8")])
+@pytest.mark.parametrize(
+    ("experiment", "k", "env"),
+    [("k2_facmac_walker", 2, "mamujoco/Walker2d-2x3"), ("facmac_humanoid", 1, "mamujoco/Humanoid-9|8")],
+)
 def test_tiny_run_writes_summary(tmp_path, experiment, k, env):
     result = run_train(tmp_path / "run", f"+experiment={experiment}", *TINY_MUJOCO, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -251,10 +273,17 @@ MARGIN = 1_000
 def test_facmac_learns_halfcheetah(tmp_path, k):
     """FACMAC and K2-FACMAC beat a random policy on HalfCheetah 2x3 after 50k frames (5k random warm-up)."""
     random_return = _random_policy_return("HalfCheetah", "2x3")  # about -290
-    result = run_train(tmp_path / "run", "+experiment=k2_facmac_halfcheetah", f"kpg.k={k}",
-                       f"max_frames={LEARNING_FRAMES}", "collector.init_random_frames=5000",
-                       "buffer.learning_starts=5000", "eval.every_frames=5000", "trainer.enable_progress_bar=false",
-                       timeout=7200)
+    result = run_train(
+        tmp_path / "run",
+        "+experiment=k2_facmac_halfcheetah",
+        f"kpg.k={k}",
+        f"max_frames={LEARNING_FRAMES}",
+        "collector.init_random_frames=5000",
+        "buffer.learning_starts=5000",
+        "eval.every_frames=5000",
+        "trainer.enable_progress_bar=false",
+        timeout=7200,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     history = json.loads((tmp_path / "run" / "summary.json").read_text())["eval_return_history"]
     late = sum(h["return_mean"] for h in history[-2:]) / 2

@@ -112,8 +112,13 @@ def test_adaptive_k_stops_early_and_respects_cap():
     assert stats.levels_run == 20
     theta = torch.nn.Parameter(torch.tensor([0.3, -0.7], dtype=torch.float64))
     opt = torch.optim.SGD([theta], lr=0.05)
-    stats = k_level_step(opt, 20, lambda o: gradient_step(opt, _objective(theta, o)),
-                         lambda _lvl: theta.detach().clone(), adaptive_tol=1e-3)
+    stats = k_level_step(
+        opt,
+        20,
+        lambda o: gradient_step(opt, _objective(theta, o)),
+        lambda _lvl: theta.detach().clone(),
+        adaptive_tol=1e-3,
+    )
     assert 1 < stats.levels_run < 20
     assert stats.level_delta[-1] <= 1e-3 * stats.step_norm[-1]
     ratios = stats.contraction

@@ -22,8 +22,14 @@ def test_import_contracts_hold() -> None:
     the command configures logging process-wide)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     command = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
-    proc = subprocess.run([sys.executable, "-c", command, "--no-cache", "--no-logo", "--config", "pyproject.toml"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", command, "--no-cache", "--no-logo", "--config", "pyproject.toml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -28,9 +28,15 @@ def _random_policy_return(scenario: str) -> float:
 @pytest.mark.parametrize("k", [1, 2])
 def test_maddpg_learns_navigation(tmp_path, k):
     random_return = _random_policy_return("navigation")
-    result = run_train(tmp_path / "run", "+experiment=k2_maddpg_vmas_navigation", f"kpg.k={k}",
-                       f"max_frames={FRAMES}", "eval.every_frames=15000", "trainer.enable_progress_bar=false",
-                       timeout=1800)
+    result = run_train(
+        tmp_path / "run",
+        "+experiment=k2_maddpg_vmas_navigation",
+        f"kpg.k={k}",
+        f"max_frames={FRAMES}",
+        "eval.every_frames=15000",
+        "trainer.enable_progress_bar=false",
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     late = [h["return_mean"] for h in summary["eval_return_history"][-3:]]

@@ -98,8 +98,9 @@ def test_actor_levels_leave_the_critic_out_of_the_graph():
     opt = torch.optim.RMSprop(alg.actor_parameters(), lr=1e-2)
     critic = alg.critic_parameters()
     with frozen(critic):
-        k_level_step(opt, 2, lambda o: gradient_step(opt, alg.actor_loss(td, o)),
-                     lambda level: alg.level_outputs(td, level))
+        k_level_step(
+            opt, 2, lambda o: gradient_step(opt, alg.actor_loss(td, o)), lambda level: alg.level_outputs(td, level)
+        )
     assert all(p.grad is None for p in critic) and all(p.requires_grad for p in critic)
     assert all(p.grad is not None for p in alg.actor_parameters())
 
@@ -156,8 +157,14 @@ def test_team_critic_k_maddpg_runs_end_to_end(tmp_path):
 
     from conftest import TINY, run_train
 
-    result = run_train(tmp_path / "run", *TINY, "max_frames=640", "algorithm.critic=team", "kpg.k=2",
-                       "trainer.enable_checkpointing=false")
+    result = run_train(
+        tmp_path / "run",
+        *TINY,
+        "max_frames=640",
+        "algorithm.critic=team",
+        "kpg.k=2",
+        "trainer.enable_checkpointing=false",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["frames"] == 640 and summary["kpg"]["levels_run_mean"] == 2
@@ -169,8 +176,17 @@ def test_hard_target_count_survives_a_state_dict_round_trip():
     its counter outside the module: a resumed run started counting again)."""
     from kpg_lightning.envs.info import EnvInfo
 
-    info = EnvInfo(n_agents=2, obs_dim=3, action_dim=2, discrete=False, state_dim=None, action_low=-torch.ones(2, 2),
-                   action_high=torch.ones(2, 2), has_action_mask=False, has_action_dim_mask=False)
+    info = EnvInfo(
+        n_agents=2,
+        obs_dim=3,
+        action_dim=2,
+        discrete=False,
+        state_dim=None,
+        action_low=-torch.ones(2, 2),
+        action_high=torch.ones(2, 2),
+        has_action_mask=False,
+        has_action_dim_mask=False,
+    )
     cfg, model = MaddpgConfig(target_update="hard", target_update_interval=3), ModelConfig([8], [8])
 
     def update(alg) -> bool:

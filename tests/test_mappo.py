@@ -26,13 +26,19 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 HAS_JAXMARL = importlib.util.find_spec("jaxmarl") is not None
 needs_smax = pytest.mark.skipif(not HAS_JAXMARL, reason="jaxmarl not installed (pip install 'kpg-lightning[smax]')")
 needs_vmas = pytest.mark.skipif(not HAS_VMAS, reason="vmas not installed (pip install 'kpg-lightning[vmas]')")
-SMAX_TINY = ["model.actor_hidden=[16,16]", "model.critic_hidden=[16,16]", "model.gru_hidden=16", "env.num_envs=8",
-             "collector.frames_per_batch=256", "max_frames=512", "eval.episodes=2", "eval.every_frames=0",
-             "checkpoint.every_frames=512", "trainer.enable_progress_bar=false", "logger.tensorboard=null"]
-
-
-
-
+SMAX_TINY = [
+    "model.actor_hidden=[16,16]",
+    "model.critic_hidden=[16,16]",
+    "model.gru_hidden=16",
+    "env.num_envs=8",
+    "collector.frames_per_batch=256",
+    "max_frames=512",
+    "eval.episodes=2",
+    "eval.every_frames=0",
+    "checkpoint.every_frames=512",
+    "trainer.enable_progress_bar=false",
+    "logger.tensorboard=null",
+]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +65,10 @@ def rollout(alg: Mappo, env: EnvBase, steps: int = 40) -> TensorDict:
 def engine_update(alg: Mappo, td: TensorDict, k: int, scope: str = "update") -> tuple[KPGModule, list]:
     """One update through the real ``KPGModule.update`` (process batch → critic → K-level engine)."""
     module = KPGModule(alg, KPGConfig(k=k, actor_optimizer="adam", scope=scope))
-    optimizers = (make_actor_optimizer("adam", k, alg.actor_parameters(), alg.cfg.actor_lr),
-                  torch.optim.Adam(alg.critic_parameters(), lr=alg.cfg.critic_lr))
+    optimizers = (
+        make_actor_optimizer("adam", k, alg.actor_parameters(), alg.cfg.actor_lr),
+        torch.optim.Adam(alg.critic_parameters(), lr=alg.cfg.critic_lr),
+    )
     module.optimizers = lambda: optimizers
     module.manual_backward = lambda loss, **kwargs: loss.backward(**kwargs)
     module.update(td)
@@ -110,10 +118,15 @@ def assert_same_training_state(a: Mappo, a_opts, b: Mappo, b_opts) -> None:
             assert all(torch.equal(torch.as_tensor(sa[key]), torch.as_tensor(sb[key])) for key in sa)
 
 
-@pytest.mark.parametrize("case", [pytest.param(("smax", False, "update"), marks=needs_smax, id="smax-mlp"),
-                                  pytest.param(("smax", True, "update"), marks=needs_smax, id="smax-gru"),
-                                  pytest.param(("smax", True, "step"), marks=needs_smax, id="smax-gru-scope-step"),
-                                  pytest.param(("vmas", False, "update"), marks=needs_vmas, id="vmas-continuous")])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(("smax", False, "update"), marks=needs_smax, id="smax-mlp"),
+        pytest.param(("smax", True, "update"), marks=needs_smax, id="smax-gru"),
+        pytest.param(("smax", True, "step"), marks=needs_smax, id="smax-gru-scope-step"),
+        pytest.param(("vmas", False, "update"), marks=needs_vmas, id="vmas-continuous"),
+    ],
+)
 def test_k1_is_plain_mappo_bit_for_bit(case, request):
     env_name, recurrent, scope = case
     alg, env = build(request.getfixturevalue(env_name), recurrent=recurrent)
@@ -129,8 +142,17 @@ def test_k1_is_plain_mappo_bit_for_bit(case, request):
 
 def test_k_level_ratio_by_hand():
     """r_i = own ratio x the others' level-(k-1) ratios; PPO clip on the product; only Δ_i carries gradient."""
-    info = EnvInfo(n_agents=3, obs_dim=4, action_dim=5, discrete=True, state_dim=6, action_low=None,
-                   action_high=None, has_action_mask=True, has_action_dim_mask=False)
+    info = EnvInfo(
+        n_agents=3,
+        obs_dim=4,
+        action_dim=5,
+        discrete=True,
+        state_dim=6,
+        action_low=None,
+        action_high=None,
+        has_action_mask=True,
+        has_action_dim_mask=False,
+    )
     alg = Mappo(MappoConfig(normalize_advantage=False), info, ModelConfig(actor_hidden=[8], critic_hidden=[8]))
     behaviour = torch.tensor([0.5, 0.25, 0.2]).log()
     live = torch.tensor([0.6, 0.25, 0.1625]).log().requires_grad_()  # own ratios 1.2, 1.0, 0.8125
@@ -147,24 +169,48 @@ def test_k_level_ratio_by_hand():
             return live.view(1, 1, 3)
 
     alg.distribution = lambda td: Fixed()
-    td = TensorDict({"agents": TensorDict({"action": torch.zeros(1, 1, 3, dtype=torch.long),
-                                           "action_log_prob": behaviour.view(1, 1, 3),
-                                           "advantage": torch.tensor([1.0, -1.0, -1.0]).view(1, 1, 3, 1)},
-                                          batch_size=[1, 1, 3])}, batch_size=[1, 1])
+    td = TensorDict(
+        {
+            "agents": TensorDict(
+                {
+                    "action": torch.zeros(1, 1, 3, dtype=torch.long),
+                    "action_log_prob": behaviour.view(1, 1, 3),
+                    "advantage": torch.tensor([1.0, -1.0, -1.0]).view(1, 1, 3, 1),
+                },
+                batch_size=[1, 1, 3],
+            )
+        },
+        batch_size=[1, 1],
+    )
     loss = alg.actor_loss(td, others.view(1, 1, 3))
     assert math.isclose(float(loss.detach()), 1.1 / 3, rel_tol=1e-6)
     torch.testing.assert_close(torch.autograd.grad(loss, live)[0], torch.tensor([0.0, 1.0 / 3, 1.3 / 3]))
 
 
 def test_masked_actions_are_never_sampled():
-    info = EnvInfo(n_agents=3, obs_dim=4, action_dim=8, discrete=True, state_dim=6, action_low=None,
-                   action_high=None, has_action_mask=True, has_action_dim_mask=False)
+    info = EnvInfo(
+        n_agents=3,
+        obs_dim=4,
+        action_dim=8,
+        discrete=True,
+        state_dim=6,
+        action_low=None,
+        action_high=None,
+        has_action_mask=True,
+        has_action_dim_mask=False,
+    )
     alg = Mappo(MappoConfig(), info, ModelConfig(actor_hidden=[16], critic_hidden=[16]))
     batch = 4000
     mask = torch.rand(batch, 3, 8) < 0.3
     mask[torch.arange(batch), :, torch.randint(8, (batch,))] = True  # at least one available action per agent
-    td = TensorDict({"agents": TensorDict({"observation": 3 * torch.randn(batch, 3, 4), "action_mask": mask},
-                                          batch_size=[batch, 3])}, batch_size=[batch])
+    td = TensorDict(
+        {
+            "agents": TensorDict(
+                {"observation": 3 * torch.randn(batch, 3, 4), "action_mask": mask}, batch_size=[batch, 3]
+            )
+        },
+        batch_size=[batch],
+    )
     for mode in (ExplorationType.RANDOM, ExplorationType.DETERMINISTIC):
         with set_exploration_type(mode), torch.no_grad():
             out = alg.policy()(td.clone())
@@ -298,16 +344,21 @@ def test_mappo_and_k2_mappo_learn_smax_3m(tmp_path):
     from kpg_lightning.callbacks.evaluation import episode_outcomes
     from kpg_lightning.envs.smax import make_smax_env
 
-    random_env = TransformedEnv(make_smax_env("3m", num_envs=128, seed=1),
-                                RewardSum(in_keys=[("agents", "reward")], out_keys=[("agents", "episode_reward")]))
+    random_env = TransformedEnv(
+        make_smax_env("3m", num_envs=128, seed=1),
+        RewardSum(in_keys=[("agents", "reward")], out_keys=[("agents", "episode_reward")]),
+    )
     random_play = episode_outcomes(random_env.rollout(100, break_when_any_done=False))
     assert random_play["won"].mean() <= 0.05
     names = ["mappo_smax_3m", "k2_mappo_smax_3m"]
-    overrides = ["max_frames=300000", "eval.every_frames=0", "trainer.enable_progress_bar=false",
-                 "logger.tensorboard=null"]
+    overrides = [
+        "max_frames=300000",
+        "eval.every_frames=0",
+        "trainer.enable_progress_bar=false",
+        "logger.tensorboard=null",
+    ]
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda n: run_train(tmp_path / n, f"+experiment={n}", *overrides, timeout=1800),
-                                names))
+        results = list(pool.map(lambda n: run_train(tmp_path / n, f"+experiment={n}", *overrides, timeout=1800), names))
     for name, result in zip(names, results, strict=True):
         assert result.returncode == 0, result.stderr[-3000:]
         summary = json.loads((tmp_path / name / "summary.json").read_text())

@@ -46,8 +46,9 @@ def _ref_levels(theta: list[float], k: int, eta: float) -> list[tuple[float, flo
     levels = [(theta[0], theta[1])]
     for _ in range(k):
         prev = levels[-1]
-        levels.append((theta[0] + eta * _ref_grad(0, theta[0], prev[1]),
-                       theta[1] + eta * _ref_grad(1, theta[1], prev[0])))
+        levels.append(
+            (theta[0] + eta * _ref_grad(0, theta[0], prev[1]), theta[1] + eta * _ref_grad(1, theta[1], prev[0]))
+        )
     return levels
 
 
@@ -69,8 +70,9 @@ def test_closed_form_gradient_is_autograd_of_j():
     torch.testing.assert_close(policy_gradient(theta, others), autograd, rtol=0, atol=1e-12)
     pairs = zip(theta.tolist(), others.tolist(), strict=True)
     ref = [[_ref_grad(0, t[0], o[1]), _ref_grad(1, t[1], o[0])] for t, o in pairs]
-    torch.testing.assert_close(policy_gradient(theta, others), torch.tensor(ref, dtype=torch.float64),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        policy_gradient(theta, others), torch.tensor(ref, dtype=torch.float64), rtol=0, atol=1e-12
+    )
     assert torch.all(returns(theta, others) <= 1e-12)
 
 
@@ -188,14 +190,34 @@ def test_every_optimizer_runs(optimizer):
 
 
 # -- configuration and CLI ----------------------------------------------------------------------------------
-_GOOD = {"k": 8, "eta": 0.5, "theta": [0.0, 1.5708], "steps": 30, "ks": [1, 2], "optimizer": "sgd",
-         "adaptive_tol": None, "out": None}
+_GOOD = {
+    "k": 8,
+    "eta": 0.5,
+    "theta": [0.0, 1.5708],
+    "steps": 30,
+    "ks": [1, 2],
+    "optimizer": "sgd",
+    "adaptive_tol": None,
+    "out": None,
+}
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("k", 0), ("k", 1.5), ("eta", 0), ("eta", -1.0), ("theta", [1.0]), ("theta", "x"), ("theta", [0.0, "a"]),
-    ("optimizer", "lbfgs"), ("steps", 0), ("ks", []), ("adaptive_tol", -1.0),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("k", 0),
+        ("k", 1.5),
+        ("eta", 0),
+        ("eta", -1.0),
+        ("theta", [1.0]),
+        ("theta", "x"),
+        ("theta", [0.0, "a"]),
+        ("optimizer", "lbfgs"),
+        ("steps", 0),
+        ("ks", []),
+        ("adaptive_tol", -1.0),
+    ],
+)
 def test_validate_rejects_bad_values(key, value):
     assert validate(_GOOD) == _GOOD
     with pytest.raises(ConfigError, match=rf"^{key} must be") as err:
@@ -209,14 +231,19 @@ def _with_root(path_var: str | None) -> str:
 
 def _cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": _with_root(os.environ.get("PYTHONPATH"))}
-    return subprocess.run([sys.executable, "-m", "kpg_lightning.meetup", *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "kpg_lightning.meetup", *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_writes_json_and_figures(tmp_path):
     pytest.importorskip("matplotlib")
-    proc = _cli("k=5", "steps=4", "ks=[1,3]", f"out={tmp_path}", f"hydra.run.dir={tmp_path / 'hydra'}",
-                cwd=tmp_path)
+    proc = _cli("k=5", "steps=4", "ks=[1,3]", f"out={tmp_path}", f"hydra.run.dir={tmp_path / 'hydra'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "meetup.json").read_text())
     for key in ("k", "eta", "theta", "levels", "level_deltas", "bound", "lipschitz", "nash", "trajectory"):
@@ -241,8 +268,10 @@ def test_cli_bad_override_is_one_line(tmp_path):
 
 
 # -- notebook -----------------------------------------------------------------------------------------------
-@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("nbclient", "nbformat", "ipykernel")),
-                    reason="nbclient/nbformat/ipykernel not installed")
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("nbclient", "nbformat", "ipykernel")),
+    reason="nbclient/nbformat/ipykernel not installed",
+)
 def test_notebook_executes(monkeypatch):
     import nbformat
     from nbclient import NotebookClient

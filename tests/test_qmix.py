@@ -29,11 +29,18 @@ needs_smax = pytest.mark.skipif(not HAS_JAXMARL, reason="jaxmarl not installed (
 
 B, T, N, A, F, S = 2, 3, 2, 3, 4, 5
 GAMMA, SCALE = 0.9, 10.0
-INFO = EnvInfo(n_agents=N, obs_dim=F, action_dim=A, discrete=True, state_dim=S, action_low=None, action_high=None,
-               has_action_mask=True, has_action_dim_mask=False)
+INFO = EnvInfo(
+    n_agents=N,
+    obs_dim=F,
+    action_dim=A,
+    discrete=True,
+    state_dim=S,
+    action_low=None,
+    action_high=None,
+    has_action_mask=True,
+    has_action_dim_mask=False,
+)
 TINY_MODEL = ModelConfig(actor_hidden=[8], recurrent=True, gru_hidden=6)
-
-
 
 
 def episode_batch() -> TensorDict:
@@ -59,13 +66,24 @@ def episode_batch() -> TensorDict:
         return TensorDict({"observation": part["obs"], "action_mask": part["mask"], **extra}, batch_size=[B, T, N])
 
     action = torch.tensor([[[0, 1], [2, 2], [1, 0]], [[1, 1], [0, 2], [0, 0]]])
-    return TensorDict({
-        "agents": agents(now, action=action), "state": now["state"],
-        "is_init": torch.tensor([[True, False, False]] * B).unsqueeze(-1),
-        "filled": torch.tensor([[True, True, True], [True, True, False]]).unsqueeze(-1),
-        "next": TensorDict({"agents": agents(nxt, reward=reward.unsqueeze(-1)), "state": nxt["state"],
-                            "terminated": terminated, "done": done}, batch_size=[B, T]),
-    }, batch_size=[B, T])
+    return TensorDict(
+        {
+            "agents": agents(now, action=action),
+            "state": now["state"],
+            "is_init": torch.tensor([[True, False, False]] * B).unsqueeze(-1),
+            "filled": torch.tensor([[True, True, True], [True, True, False]]).unsqueeze(-1),
+            "next": TensorDict(
+                {
+                    "agents": agents(nxt, reward=reward.unsqueeze(-1)),
+                    "state": nxt["state"],
+                    "terminated": terminated,
+                    "done": done,
+                },
+                batch_size=[B, T],
+            ),
+        },
+        batch_size=[B, T],
+    )
 
 
 def build(cfg_class=QmixConfig, model: ModelConfig = TINY_MODEL, **cfg) -> Qmix:
@@ -202,8 +220,14 @@ def test_acting_never_picks_unavailable_actions():
     batch = 4000
     mask = torch.rand(batch, N, A) < 0.4
     mask[torch.arange(batch), :, torch.randint(A, (batch,))] = True
-    td = TensorDict({"agents": TensorDict({"observation": 3 * torch.randn(batch, N, F), "action_mask": mask},
-                                          batch_size=[batch, N])}, batch_size=[batch])
+    td = TensorDict(
+        {
+            "agents": TensorDict(
+                {"observation": 3 * torch.randn(batch, N, F), "action_mask": mask}, batch_size=[batch, N]
+            )
+        },
+        batch_size=[batch],
+    )
     alg.exploration_step(0)  # ε = 1: every action random
     for mode in (ExplorationType.DETERMINISTIC, ExplorationType.RANDOM):
         with set_exploration_type(mode), torch.no_grad():
@@ -235,13 +259,16 @@ def test_epsilon_schedule_follows_absolute_frames():
     assert build(QmixConfig, epsilon_anneal_frames=0).epsilon(0) == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize(("overrides", "key"), [
-    (["algorithm=qmix", "kpg.k=2"], "kpg.k"),
-    (["algorithm=iql", "algorithm.mixer=sum"], "algorithm.mixer"),
-    (["algorithm=vdn", "algorithm.epsilon_end=0.5", "algorithm.epsilon_start=0.1"], "algorithm.epsilon_end"),
-    (["algorithm=qmix", "algorithm.target_update_interval=0"], "algorithm.target_update_interval"),
-    (["algorithm=qmix", "env=vmas"], "algorithm.name"),  # continuous actions
-])
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["algorithm=qmix", "kpg.k=2"], "kpg.k"),
+        (["algorithm=iql", "algorithm.mixer=sum"], "algorithm.mixer"),
+        (["algorithm=vdn", "algorithm.epsilon_end=0.5", "algorithm.epsilon_start=0.1"], "algorithm.epsilon_end"),
+        (["algorithm=qmix", "algorithm.target_update_interval=0"], "algorithm.target_update_interval"),
+        (["algorithm=qmix", "env=vmas"], "algorithm.name"),  # continuous actions
+    ],
+)
 def test_invalid_settings_name_the_key(overrides, key):
     cfg = compose(["env=smax", "kpg.k=1", *overrides])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -272,11 +299,26 @@ def mask_respected(td: TensorDict) -> bool:
     return bool(td[MASK].gather(-1, td[ACTION].unsqueeze(-1))[td["filled"].squeeze(-1)].all())
 
 
-SMAX_TINY = ["model.actor_hidden=[16]", "model.gru_hidden=16", "env.num_envs=8", "collector.frames_per_batch=256",
-             "max_frames=768", "buffer.size=64", "buffer.batch_size=4", "buffer.updates_per_batch=2",
-             "buffer.learning_starts=0", "algorithm.epsilon_anneal_frames=512", "algorithm.mixer_hypernet_hidden=8",
-             "algorithm.mixer_embed_dim=8", "eval.episodes=4", "eval.every_frames=0", "checkpoint.every_frames=768",
-             "trainer.enable_progress_bar=false", "logger.tensorboard=null", "logger.csv=null"]
+SMAX_TINY = [
+    "model.actor_hidden=[16]",
+    "model.gru_hidden=16",
+    "env.num_envs=8",
+    "collector.frames_per_batch=256",
+    "max_frames=768",
+    "buffer.size=64",
+    "buffer.batch_size=4",
+    "buffer.updates_per_batch=2",
+    "buffer.learning_starts=0",
+    "algorithm.epsilon_anneal_frames=512",
+    "algorithm.mixer_hypernet_hidden=8",
+    "algorithm.mixer_embed_dim=8",
+    "eval.episodes=4",
+    "eval.every_frames=0",
+    "checkpoint.every_frames=768",
+    "trainer.enable_progress_bar=false",
+    "logger.tensorboard=null",
+    "logger.csv=null",
+]
 
 
 @needs_smax

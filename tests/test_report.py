@@ -1,5 +1,5 @@
 """Sweeps and reports: a tiny real multirun, the report on it checked against the runs' summaries, partial sweeps,
-hand-made runs for grouping and win rates, the statistics on hand-made numbers, the notebook, the launcher configs."""
+hand-made runs for grouping and win rates, the notebook, the launcher configs (statistics: test_report_stats.py)."""
 
 from __future__ import annotations
 
@@ -16,16 +16,7 @@ import numpy as np
 import pytest
 from conftest import TINY, needs_vmas
 
-from kpg_lightning.report import (
-    bootstrap_ci,
-    find_runs,
-    fmt,
-    iqm,
-    mean_curve,
-    standard_error,
-    summarise,
-    write_report,
-)
+from kpg_lightning.report import find_runs, fmt, summarise, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS, KS = (0, 1), (1, 2)
@@ -36,15 +27,18 @@ needs_mpl = pytest.mark.skipif(_has("matplotlib") is None, reason="matplotlib no
 
 
 def _with_root(env: dict[str, str]) -> dict[str, str]:
-    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-            "PYTHONWARNINGS": "ignore"}
+    return {
+        **env,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        "PYTHONWARNINGS": "ignore",
+    }
 
 
 def _iqm_by_hand(values: list[float]) -> float:
     """The IQM as the test reads its definition: drop the floor(n/4) lowest and highest, average the rest."""
     x = sorted(values)
     cut = len(x) // 4
-    return sum(x[cut:len(x) - cut]) / (len(x) - 2 * cut)
+    return sum(x[cut : len(x) - cut]) / (len(x) - 2 * cut)
 
 
 # -- a tiny real sweep ---------------------------------------------------------------------------------------------
@@ -58,9 +52,19 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     else:
         env["OMP_NUM_THREADS"] = "1"
     overrides = [o for o in TINY if not o.startswith("eval.every_frames")] + ["eval.every_frames=160"]
-    cmd = [sys.executable, "-m", "kpg_lightning.train", "-m", *(["hydra/launcher=local"] if HAS_JOBLIB else []),
-           f"seed={','.join(map(str, SEEDS))}", f"kpg.k={','.join(map(str, KS))}", "max_frames=320",
-           "+experiment=maddpg_vmas_balance", *overrides, f"hydra.sweep.dir={root / 'multirun'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kpg_lightning.train",
+        "-m",
+        *(["hydra/launcher=local"] if HAS_JOBLIB else []),
+        f"seed={','.join(map(str, SEEDS))}",
+        f"kpg.k={','.join(map(str, KS))}",
+        "max_frames=320",
+        "+experiment=maddpg_vmas_balance",
+        *overrides,
+        f"hydra.sweep.dir={root / 'multirun'}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "multirun"
@@ -94,8 +98,13 @@ def test_local_launcher_caps_threads_per_job(sweep):
 @needs_mpl
 def test_report_cli_matches_the_runs_summaries(sweep, tmp_path):
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "kpg_lightning.report", str(sweep), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, env=_with_root(dict(os.environ)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "kpg_lightning.report", str(sweep), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_with_root(dict(os.environ)),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "4 runs in 2 groups, 0 incomplete" in proc.stdout
     png = out / "curves_vmas-balance.png"
@@ -132,8 +141,11 @@ def test_report_cli_matches_the_runs_summaries(sweep, tmp_path):
 def test_partial_sweep_reports_missing_seeds_and_incomplete_runs(sweep, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(sweep, partial)
-    (crashed,) = [p.parent for p in partial.glob("*/summary.json")
-                  if (json.loads(p.read_text())["k"], json.loads(p.read_text())["seed"]) == (2, 1)]
+    (crashed,) = [
+        p.parent
+        for p in partial.glob("*/summary.json")
+        if (json.loads(p.read_text())["k"], json.loads(p.read_text())["seed"]) == (2, 1)
+    ]
     (crashed / "summary.json").unlink()
     results = write_report(partial, tmp_path / "out")
     by_k = {g["k"]: g for g in results["groups"]}
@@ -143,15 +155,21 @@ def test_partial_sweep_reports_missing_seeds_and_incomplete_runs(sweep, tmp_path
     (incomplete,) = results["incomplete"]
     assert incomplete["path"] == str(crashed)
     assert (incomplete["algorithm"], incomplete["task"], incomplete["k"], incomplete["seed"]) == (
-        "maddpg", "vmas/balance", 2, 1)
+        "maddpg",
+        "vmas/balance",
+        2,
+        1,
+    )
     final = (tmp_path / "out" / "final.md").read_text()
     assert "| maddpg | 2 | 1 |" in final and final.count("| none |") == 1 and "## Incomplete runs" in final
     assert f"`{crashed}`" in final
 
 
 @needs_vmas
-@pytest.mark.skipif(any(_has(m) is None for m in ("nbclient", "nbformat", "ipykernel", "matplotlib")),
-                    reason="nbclient/nbformat/ipykernel/matplotlib not installed")
+@pytest.mark.skipif(
+    any(_has(m) is None for m in ("nbclient", "nbformat", "ipykernel", "matplotlib")),
+    reason="nbclient/nbformat/ipykernel/matplotlib not installed",
+)
 def test_notebook_executes_on_the_sweep(sweep, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
@@ -171,13 +189,27 @@ def test_notebook_executes_on_the_sweep(sweep, tmp_path, monkeypatch):
 
 
 # -- hand-made runs ------------------------------------------------------------------------------------------------
-def _fake_run(path: Path, env: str, k: int, seed: int, returns: list[float], overrides: list[str] = (),
-              win_rates: list[float] | None = None, mtime: float | None = None) -> None:
+def _fake_run(
+    path: Path,
+    env: str,
+    k: int,
+    seed: int,
+    returns: list[float],
+    overrides: list[str] = (),
+    win_rates: list[float] | None = None,
+    mtime: float | None = None,
+) -> None:
     """A run directory as train.py writes it, evaluated at 0, 100, 200, ... frames."""
     (path / ".hydra").mkdir(parents=True)
     history = [{"frames": 100.0 * i, "return_mean": r, "return_std": 0.0} for i, r in enumerate(returns)]
-    summary = {"algorithm": "maddpg", "env": env, "k": k, "seed": seed, "eval_return_mean": returns[-1],
-               "eval_return_history": history}
+    summary = {
+        "algorithm": "maddpg",
+        "env": env,
+        "k": k,
+        "seed": seed,
+        "eval_return_mean": returns[-1],
+        "eval_return_history": history,
+    }
     if win_rates is not None:
         summary["eval_win_rate"] = win_rates[-1]
         (path / "csv").mkdir()
@@ -185,20 +217,31 @@ def _fake_run(path: Path, env: str, k: int, seed: int, returns: list[float], ove
         (path / "csv" / "metrics.csv").write_text("eval/win_rate,step\n" + "\n".join(rows) + "\n")
     (path / "summary.json").write_text(json.dumps(summary))
     (path / ".hydra" / "overrides.yaml").write_text(
-        "".join(f"- {o}\n" for o in [f"seed={seed}", f"kpg.k={k}", *overrides]))
+        "".join(f"- {o}\n" for o in [f"seed={seed}", f"kpg.k={k}", *overrides])
+    )
     if mtime is not None:
         os.utime(path / "summary.json", (mtime, mtime))
 
 
 def test_groups_variants_tasks_and_duplicates(tmp_path):
     exp = {1: "+experiment=maddpg_vmas_balance", 2: "+experiment=k2_maddpg_vmas_balance"}
-    finals = {(1, 0): [1.0, 2.0, 3.0, 4.0, 100.0], (2, 0): [2.0, 3.0, 4.0, 5.0, 6.0], (1, 1): [2.0] * 5,
-              (2, 1): [3.0] * 5}
+    finals = {
+        (1, 0): [1.0, 2.0, 3.0, 4.0, 100.0],
+        (2, 0): [2.0, 3.0, 4.0, 5.0, 6.0],
+        (1, 1): [2.0] * 5,
+        (2, 1): [3.0] * 5,
+    }
     for (k, lr_index), values in finals.items():
         for seed, value in enumerate(values):
             lr = ("3e-4", "1e-3")[lr_index]
-            _fake_run(tmp_path / f"lr{lr}_k{k}_s{seed}", "vmas/balance", k, seed, [0.0, value],
-                      [exp[k], f"algorithm.actor_lr={lr}", "hydra/launcher=local"])
+            _fake_run(
+                tmp_path / f"lr{lr}_k{k}_s{seed}",
+                "vmas/balance",
+                k,
+                seed,
+                [0.0, value],
+                [exp[k], f"algorithm.actor_lr={lr}", "hydra/launcher=local"],
+            )
     for seed in range(2):  # a second task: SMAX reports wins, so its metric is the win rate
         _fake_run(tmp_path / f"smax_k1_s{seed}", "smax/3m", 1, seed, [0.0, 5.0], win_rates=[0.0, 0.5])
         _fake_run(tmp_path / f"smax_k2_s{seed}", "smax/3m", 2, seed, [0.0, 5.0], win_rates=[0.2, 0.75])
@@ -218,9 +261,13 @@ def test_groups_variants_tasks_and_duplicates(tmp_path):
     assert percent[("vmas/balance", "maddpg (algorithm.actor_lr=3e-4)")] == pytest.approx(100 * (4 - 22) / 22)
     assert percent[("vmas/balance", "maddpg (algorithm.actor_lr=1e-3)")] == pytest.approx(50.0)
     assert percent[("smax/3m", "maddpg")] == pytest.approx(75.0)
-    assert results["relative"]["average"] == pytest.approx({
-        "maddpg (algorithm.actor_lr=3e-4) K=2": 100 * (4 - 22) / 22, "maddpg (algorithm.actor_lr=1e-3) K=2": 50.0,
-        "maddpg K=2": 75.0})
+    assert results["relative"]["average"] == pytest.approx(
+        {
+            "maddpg (algorithm.actor_lr=3e-4) K=2": 100 * (4 - 22) / 22,
+            "maddpg (algorithm.actor_lr=1e-3) K=2": 50.0,
+            "maddpg K=2": 75.0,
+        }
+    )
 
 
 def test_relative_skips_a_k1_mean_within_noise_of_zero(tmp_path):
@@ -245,47 +292,6 @@ def test_cli_without_runs_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path)])
     assert exc.value.code == 1
-
-
-# -- statistics on hand-made numbers -------------------------------------------------------------------------------
-def test_iqm_drops_a_quarter_at_each_end():
-    assert iqm([4.0, 1.0, 3.0, 2.0]) == pytest.approx(2.5)
-    assert iqm([1.0, 2.0, 3.0, 4.0, 100.0]) == pytest.approx(3.0)  # int(5/4) = 1 dropped at each end
-    assert iqm(list(range(8))) == pytest.approx(3.5)  # 2, 3, 4, 5
-    assert iqm([1.0, 3.0]) == pytest.approx(2.0) and iqm([7.0]) == pytest.approx(7.0)  # n < 4: the mean
-    assert iqm([[1, 2, 3, 4], [4, 3, 2, 100]], axis=-1) == pytest.approx([2.5, 3.5])
-    with pytest.raises(ValueError):
-        iqm([])
-
-
-def test_bootstrap_ci_is_seeded_and_brackets_the_iqm():
-    values = [0.1, 0.5, 0.9, 1.3, 2.0, 2.2, 3.1, 8.0, 9.5, 30.0]
-    ci = bootstrap_ci(values, resamples=2000, seed=0)
-    assert ci == bootstrap_ci(values, resamples=2000, seed=0)
-    assert ci != bootstrap_ci(values, resamples=2000, seed=1)
-    assert min(values) < ci[0] < iqm(values) < ci[1] < max(values)
-    assert bootstrap_ci([5.0, 5.0, 5.0]) == (5.0, 5.0) and bootstrap_ci([2.0]) == (2.0, 2.0)
-    assert bootstrap_ci([0.0, 1.0], np.mean) == (0.0, 1.0)  # each extreme has probability 1/4 > 2.5%
-    wide, narrow = bootstrap_ci(values, confidence=0.99), bootstrap_ci(values, confidence=0.5)
-    assert wide[0] <= narrow[0] and narrow[1] <= wide[1]
-
-
-def test_standard_error_and_fmt():
-    assert standard_error([1.0, 2.0, 3.0, 4.0]) == pytest.approx(math.sqrt(5 / 3) / 2)
-    assert math.isnan(standard_error([1.0]))
-    assert (fmt(-1.62635), fmt(3456.7), fmt(0.012345), fmt(0.0), fmt(None)) == ("-1.626", "3457", "0.01235",
-                                                                                  "0.000", "—")
-    assert fmt(0.03702, like=-1.867) == "0.037"
-
-
-def test_mean_curve_aligns_or_interpolates():
-    frames, mean, se = mean_curve([([0, 100], [0.0, 2.0]), ([0, 100], [2.0, 4.0])])
-    assert frames.tolist() == [0, 100] and mean.tolist() == [1.0, 3.0] and se.tolist() == pytest.approx([1.0, 1.0])
-    frames, mean, _ = mean_curve([([0, 100, 200], [0.0, 1.0, 2.0]), ([0, 150, 300], [0.0, 3.0, 6.0])])
-    assert frames.tolist() == [0, 100, 150, 200]  # the union of both grids, up to the shorter run
-    assert mean.tolist() == pytest.approx([0.0, 1.5, 2.25, 3.0])
-    frames, mean, se = mean_curve([([0, 10], [1.0, 2.0])])
-    assert mean.tolist() == [1.0, 2.0] and se.tolist() == [0.0, 0.0]
 
 
 # -- launcher configs ----------------------------------------------------------------------------------------------
@@ -322,11 +328,17 @@ def test_slurm_launcher_composes_into_an_sbatch_script(tmp_path, monkeypatch):
     (tmp_path / "srun").write_text("#!/bin/sh\nexit 1\n")
     (tmp_path / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path), os.environ.get("PATH", "")]))
-    executor = submitit.AutoExecutor(cluster="slurm", folder=tmp_path / "submitit",
-                                     slurm_max_num_timeout=params["max_num_timeout"])
+    executor = submitit.AutoExecutor(
+        cluster="slurm", folder=tmp_path / "submitit", slurm_max_num_timeout=params["max_num_timeout"]
+    )
     base = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{key if key in base else f"slurm_{key}": value for key, value in params.items()
-                                  if key not in {"_target_", "submitit_folder", "max_num_timeout"}})
+    executor.update_parameters(
+        **{
+            key if key in base else f"slurm_{key}": value
+            for key, value in params.items()
+            if key not in {"_target_", "submitit_folder", "max_num_timeout"}
+        }
+    )
     script = executor._executor._make_submission_file_text("python -u -m submitit.core._submit x", "uid")
     for line in ("#SBATCH --cpus-per-task=8", "#SBATCH --partition=cpu", "export OMP_NUM_THREADS=8"):
         assert line in script
@@ -341,5 +353,6 @@ def test_committed_results_match_their_runs(tmp_path):
         assert (tmp_path / name).read_text() == (study / name).read_text(), name
     results = json.loads((tmp_path / "results.json").read_text())
     assert {(g["task"], g["k"], g["n"]) for g in results["groups"]} >= {
-        (task, k, 5) for task in ("vmas/balance", "vmas/navigation", "vmas/sampling") for k in (1, 2)}
+        (task, k, 5) for task in ("vmas/balance", "vmas/navigation", "vmas/sampling") for k in (1, 2)
+    }
     assert results["incomplete"] == [] and results["duplicates"] == []

@@ -18,8 +18,9 @@ from kpg_lightning.envs.info import EnvInfo
 from kpg_lightning.kpg import gradient_step, k_level_step, shared_graph
 from kpg_lightning.module import KPGModule, frozen
 
-needs_mamujoco = pytest.mark.skipif(importlib.util.find_spec("gymnasium_robotics") is None,
-                                    reason="gymnasium-robotics (MaMuJoCo) not installed")
+needs_mamujoco = pytest.mark.skipif(
+    importlib.util.find_spec("gymnasium_robotics") is None, reason="gymnasium-robotics (MaMuJoCo) not installed"
+)
 needs_smax = pytest.mark.skipif(importlib.util.find_spec("jaxmarl") is None, reason="jaxmarl not installed")
 
 
@@ -80,8 +81,9 @@ def test_facmac_levels_are_unchanged_by_the_shared_forward(share_params, tmp_pat
     torch.manual_seed(0)
     env = make_mamujoco_env("Walker2d", "2x3", max_steps=20, seed=0)
     model = ModelConfig(actor_hidden=[32, 32], critic_hidden=[32, 32], share_params=share_params)
-    alg = Facmac(FacmacConfig(mixer_embed_dim=16, mixer_hypernet_hidden=16, actor_lr=1e-2), EnvInfo.from_env(env),
-                 model)
+    alg = Facmac(
+        FacmacConfig(mixer_embed_dim=16, mixer_hypernet_hidden=16, actor_lr=1e-2), EnvInfo.from_env(env), model
+    )
     td = env.rollout(64, break_when_any_done=False)
     env.close()
     _assert_same_levels(alg, td, k=3)
@@ -103,8 +105,10 @@ def test_maddpg_levels_are_unchanged_by_the_shared_forward(share_params, critic)
 
 @needs_smax
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize(("algorithm", "recurrent", "critic"),
-                         [("facmac", True, None), ("maddpg", False, "per_agent"), ("maddpg", True, "team")])
+@pytest.mark.parametrize(
+    ("algorithm", "recurrent", "critic"),
+    [("facmac", True, None), ("maddpg", False, "per_agent"), ("maddpg", True, "team")],
+)
 def test_discrete_levels_are_unchanged_by_the_shared_forward(smax, algorithm, recurrent, critic):
     """Discrete actors: the GRU is unrolled once per K-level step, with the update's one Gumbel noise draw."""
     from torchrl.envs import Compose, TransformedEnv

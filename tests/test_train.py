@@ -7,8 +7,20 @@ import pytest
 from conftest import TINY, compose, needs_vmas, run_train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-SUMMARY_KEYS = {"algorithm", "env", "k", "frames", "wall_clock_s", "train_steps", "eval_return_mean",
-                "eval_return_history", "time_per_step_s", "phases_s", "level_share", "kpg"}
+SUMMARY_KEYS = {
+    "algorithm",
+    "env",
+    "k",
+    "frames",
+    "wall_clock_s",
+    "train_steps",
+    "eval_return_mean",
+    "eval_return_history",
+    "time_per_step_s",
+    "phases_s",
+    "level_share",
+    "kpg",
+}
 
 
 def test_default_run_is_k2_maddpg_on_vmas_balance():
@@ -41,8 +53,7 @@ def test_tiny_run_writes_summary_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((tmp_path / "first" / "summary.json").read_text())
     assert SUMMARY_KEYS <= summary.keys()
-    assert (summary["algorithm"], summary["env"], summary["k"], summary["frames"]) == ("maddpg", "vmas/balance", 2,
-                                                                                       640)
+    assert (summary["algorithm"], summary["env"], summary["k"], summary["frames"]) == ("maddpg", "vmas/balance", 2, 640)
     assert summary["train_steps"] == 4 * 2  # 4 collected batches x 2 updates
     assert set(summary["phases_s"]) == {"collect", "critic", "level_1", "level_2", "rest"}
     assert len(summary["kpg"]["level_delta_mean"]) == 2 and summary["kpg"]["levels_run_mean"] == 2
@@ -57,14 +68,17 @@ def test_tiny_run_writes_summary_and_resumes(tmp_path):
     assert [h["frames"] for h in resumed["eval_return_history"]] == [0, 320, 640, 960]
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("kpg.k=0", "error: kpg.k=0 is not allowed: an integer >= 1"),
-    ("kpg.kk=2", "error: Could not override 'kpg.kk'"),
-    ("algorithm=nope", "error: In 'config': Could not find 'algorithm/nope'; Available options in 'algorithm': "),
-    ("max_frames=0", "error: max_frames=0 is not allowed: a number > 0"),
-    ("env.scenario=nope", "error: env.scenario: unknown VMAS scenario 'nope'; valid: "),
-    ("resume=/no/such/run", "error: resume='/no/such/run' is not allowed: no such run directory or checkpoint"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("kpg.k=0", "error: kpg.k=0 is not allowed: an integer >= 1"),
+        ("kpg.kk=2", "error: Could not override 'kpg.kk'"),
+        ("algorithm=nope", "error: In 'config': Could not find 'algorithm/nope'; Available options in 'algorithm': "),
+        ("max_frames=0", "error: max_frames=0 is not allowed: a number > 0"),
+        ("env.scenario=nope", "error: env.scenario: unknown VMAS scenario 'nope'; valid: "),
+        ("resume=/no/such/run", "error: resume='/no/such/run' is not allowed: no such run directory or checkpoint"),
+    ],
+)
 def test_bad_input_fails_with_one_line(tmp_path, override, message):
     result = run_train(tmp_path / "run", override, timeout=120)
     assert result.returncode == 2

@@ -31,8 +31,15 @@ from torchrl.envs import Transform
 from kpg_lightning.config import ModelConfig
 from kpg_lightning.envs.info import DONE, GROUP, REWARD, TERMINATED, EnvInfo
 
-__all__ = ["TARGET_UPDATES", "Algorithm", "AlgorithmConfig", "epsilon_at", "expand_done", "parameter_pairs",
-           "sync_targets"]
+__all__ = [
+    "TARGET_UPDATES",
+    "Algorithm",
+    "AlgorithmConfig",
+    "epsilon_at",
+    "expand_done",
+    "parameter_pairs",
+    "sync_targets",
+]
 
 TARGET_UPDATES = ("polyak", "hard")
 
@@ -73,8 +80,13 @@ def parameter_pairs(*pairs: tuple[nn.Module, nn.Module]) -> list[tuple[Tensor, T
 
 
 @torch.no_grad()
-def sync_targets(pairs: Sequence[tuple[Tensor, Tensor]], mode: str, tau: float = 0.0, interval: int = 1,
-                 updates: Tensor | None = None) -> None:
+def sync_targets(
+    pairs: Sequence[tuple[Tensor, Tensor]],
+    mode: str,
+    tau: float = 0.0,
+    interval: int = 1,
+    updates: Tensor | None = None,
+) -> None:
     """The target-network update after one training update, over ``(target, online)`` parameter pairs:
     ``polyak`` — ``θ̄ ← θ̄ + τ (θ − θ̄)`` every update; ``hard`` — ``θ̄ ← θ`` every ``interval`` updates, counted in
     ``updates`` (the algorithm's ``target_updates`` buffer, so checkpoints keep the count and a resumed run copies
@@ -189,8 +201,9 @@ class Algorithm(nn.Module):
         raise NotImplementedError
 
     # hook
-    def actor_update(self, td: TensorDictBase, others: Any, step: Callable[[Tensor], Tensor],
-                     live: Any = None) -> Tensor:
+    def actor_update(
+        self, td: TensorDictBase, others: Any, step: Callable[[Tensor], Tensor], live: Any = None
+    ) -> Tensor:
         """One K level's actor step(s) against the others' level-(k-1) outputs; returns the objective."""
         return step(self.actor_loss(td, others, live=live))
 
@@ -222,8 +235,9 @@ class Algorithm(nn.Module):
     @classmethod
     def supports_recurrent(cls, action_space: str) -> bool:
         """Whether GRU actors (``model.recurrent=true``) are supported on ``action_space`` actions."""
-        return cls.recurrent_actors is True or (isinstance(cls.recurrent_actors, tuple)
-                                                 and action_space in cls.recurrent_actors)
+        return cls.recurrent_actors is True or (
+            isinstance(cls.recurrent_actors, tuple) and action_space in cls.recurrent_actors
+        )
 
     def one_hot_eye(self, device: torch.device | None = None) -> Tensor:
         """Boolean ``[N(case), N(agent), 1]``: case i has agent i live."""

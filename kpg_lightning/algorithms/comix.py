@@ -42,9 +42,17 @@ __all__ = ["CemAgent", "Comix", "ComixConfig", "cem_maximize"]
 
 
 @torch.no_grad()
-def cem_maximize(q_fn: Callable[[Tensor], Tensor], low: Tensor, high: Tensor, mask: Tensor | None, shape: torch.Size,
-                 samples: int = 64, elites: int = 6, iterations: int = 2,
-                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def cem_maximize(
+    q_fn: Callable[[Tensor], Tensor],
+    low: Tensor,
+    high: Tensor,
+    mask: Tensor | None,
+    shape: torch.Size,
+    samples: int = 64,
+    elites: int = 6,
+    iterations: int = 2,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """Maximise ``q_fn`` per ``[..., N]`` entry over actions in ``[low, high]`` by the cross-entropy method.
 
     Args:
@@ -87,8 +95,18 @@ class CemAgent(nn.Module):
     its value (the TD target's ``max_a Q̄_i``).
     """
 
-    def __init__(self, n_agents: int, obs_dim: int, low: Tensor, high: Tensor, hidden: list[int],
-                 activation: str, samples: int, elites: int, iterations: int):
+    def __init__(
+        self,
+        n_agents: int,
+        obs_dim: int,
+        low: Tensor,
+        high: Tensor,
+        hidden: list[int],
+        activation: str,
+        samples: int,
+        elites: int,
+        iterations: int,
+    ):
         super().__init__()
         self.net = AgentMLP(n_agents, obs_dim + low.shape[-1], 1, hidden, activation, share_params=True)
         self.register_buffer("low", low.clone(), persistent=False)
@@ -103,8 +121,16 @@ class CemAgent(nn.Module):
         """CEM's ``(argmax_a Q_i(o_i, a), max)`` per agent: ``[..., N, A]``, ``[..., N, 1]``."""
         shape = torch.Size((*obs.shape[:-1], self.low.shape[-1]))
         samples = obs.expand(self.samples, *obs.shape)
-        return cem_maximize(lambda action: self.q(samples, action, mask), self.low, self.high, mask, shape,
-                            self.samples, self.elites, self.iterations)
+        return cem_maximize(
+            lambda action: self.q(samples, action, mask),
+            self.low,
+            self.high,
+            mask,
+            shape,
+            self.samples,
+            self.elites,
+            self.iterations,
+        )
 
     def forward(self, obs: Tensor, dim_mask: Tensor | None = None) -> Tensor:
         return self.maximize(obs, None if dim_mask is None else dim_mask.to(obs.dtype))[0]
@@ -121,15 +147,30 @@ class Comix(Algorithm):
         if info.discrete:
             raise ValueError("algorithm: comix needs continuous actions (env has discrete actions)")
         low, high = info.action_low, info.action_high
-        self.agent = CemAgent(info.n_agents, info.obs_dim, low, high, model.critic_hidden, model.activation,
-                              cfg.cem_samples, cfg.cem_elites, cfg.cem_iterations)
-        self.mixer = make_mixer(cfg.mixer, info.n_agents, info.critic_state_dim, cfg.mixer_embed_dim,
-                                cfg.mixer_hypernet_hidden)
+        self.agent = CemAgent(
+            info.n_agents,
+            info.obs_dim,
+            low,
+            high,
+            model.critic_hidden,
+            model.activation,
+            cfg.cem_samples,
+            cfg.cem_elites,
+            cfg.cem_iterations,
+        )
+        self.mixer = make_mixer(
+            cfg.mixer, info.n_agents, info.critic_state_dim, cfg.mixer_embed_dim, cfg.mixer_hypernet_hidden
+        )
         self.target_agent = deepcopy(self.agent).requires_grad_(False)
         self.target_mixer = deepcopy(self.mixer).requires_grad_(False)
-        self.noise = AdditiveGaussianModule(Bounded(low=low, high=high, shape=low.shape),
-                                            sigma_init=cfg.noise_sigma, sigma_end=cfg.noise_sigma,
-                                            annealing_num_steps=1, action_key=ACTION, safe=True)
+        self.noise = AdditiveGaussianModule(
+            Bounded(low=low, high=high, shape=low.shape),
+            sigma_init=cfg.noise_sigma,
+            sigma_end=cfg.noise_sigma,
+            annealing_num_steps=1,
+            action_key=ACTION,
+            safe=True,
+        )
 
     def dim_mask(self, td: TensorDictBase) -> Tensor | None:
         """``[B, N, A]`` float mask of the real action dimensions (None: the env has no ``action_dim_mask``)."""

@@ -33,8 +33,15 @@ from kpg_lightning.config import ModelConfig
 from kpg_lightning.envs.info import ACTION, ACTION_MASK, GROUP, OBS, EnvInfo, masked_random_action
 from kpg_lightning.models import agent_body, recurrent_transforms
 
-__all__ = ["DiscreteActionsConfig", "DiscreteActor", "DiscreteActorCritic", "EpsilonGreedyGumbel", "gumbel_noise",
-           "gumbel_one_hot", "masked_logits"]
+__all__ = [
+    "DiscreteActionsConfig",
+    "DiscreteActor",
+    "DiscreteActorCritic",
+    "EpsilonGreedyGumbel",
+    "gumbel_noise",
+    "gumbel_one_hot",
+    "masked_logits",
+]
 
 LOGITS, NOISE, HIDDEN = (GROUP, "logits"), (GROUP, "gumbel_noise"), "actor_hidden"  # hidden: [*envs, N, H]
 
@@ -68,8 +75,9 @@ class DiscreteActor(nn.Module):
         self.recurrent, self.gru_hidden = model.recurrent, model.gru_hidden
         self.body = agent_body(info.n_agents, info.obs_dim, info.action_dim, model)
 
-    def forward(self, obs: Tensor, mask: Tensor | None = None, hidden: Tensor | None = None,
-                is_init: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self, obs: Tensor, mask: Tensor | None = None, hidden: Tensor | None = None, is_init: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """One acting step: masked logits, and the next hidden state when recurrent (zeroed where ``is_init``)."""
         if not self.recurrent:
             return masked_logits(self.body(obs), mask)
@@ -176,8 +184,10 @@ class DiscreteActorCritic:
             keys |= {"hidden": HIDDEN, "is_init": "is_init"}
             out.append(("next", HIDDEN))
         acting_keys = {"logits": LOGITS, **mask}
-        return TensorDictSequential(TensorDictModule(self.actor, in_keys=keys, out_keys=out),
-                                    TensorDictModule(self.acting, in_keys=acting_keys, out_keys=[ACTION]))
+        return TensorDictSequential(
+            TensorDictModule(self.actor, in_keys=keys, out_keys=out),
+            TensorDictModule(self.acting, in_keys=acting_keys, out_keys=[ACTION]),
+        )
 
     def env_transforms(self) -> list[Transform]:
         if not self.actor.recurrent:

@@ -95,29 +95,41 @@ class Facmac(Algorithm):
         super().__init__(cfg, info, model)
         self.init_actor(cfg, info, model)
         n = info.n_agents
-        self.critic = AgentMLP(n, info.obs_dim + info.action_dim, 1, model.critic_hidden, model.activation,
-                               share_params=True)
-        self.mixer = make_mixer(cfg.mixer, n, info.critic_state_dim, cfg.mixer_embed_dim, cfg.mixer_hypernet_hidden,
-                                cfg.mixer_init_scale)
+        self.critic = AgentMLP(
+            n, info.obs_dim + info.action_dim, 1, model.critic_hidden, model.activation, share_params=True
+        )
+        self.mixer = make_mixer(
+            cfg.mixer, n, info.critic_state_dim, cfg.mixer_embed_dim, cfg.mixer_hypernet_hidden, cfg.mixer_init_scale
+        )
         self.target_critic = deepcopy(self.critic).requires_grad_(False)
         self.target_mixer = deepcopy(self.mixer).requires_grad_(False)
-        self.register_buffer("eye", self.one_hot_eye(None if info.discrete else info.action_low.device),
-                             persistent=False)
+        self.register_buffer(
+            "eye", self.one_hot_eye(None if info.discrete else info.action_low.device), persistent=False
+        )
         self.register_target_counter(cfg.target_update == "hard")
 
     def init_actor(self, cfg: FacmacConfig, info: EnvInfo, model: ModelConfig) -> None:
         """The continuous actor ``μ(o) = ScaledTanh(MLP(o))``, its target and Gaussian exploration noise."""
         if model.recurrent:
-            raise ConfigError("model.recurrent=True is not allowed: continuous facmac has feed-forward actors "
-                              "(GRU actors: discrete action spaces, e.g. SMAC/SMAX)")
+            raise ConfigError(
+                "model.recurrent=True is not allowed: continuous facmac has feed-forward actors "
+                "(GRU actors: discrete action spaces, e.g. SMAC/SMAX)"
+            )
         low, high = info.action_low, info.action_high
         actor_net = nn.Sequential(  # kept apart: the penalty needs the pre-tanh output
-            agent_body(info.n_agents, info.obs_dim, info.action_dim, model), ScaledTanh(low, high))
+            agent_body(info.n_agents, info.obs_dim, info.action_dim, model), ScaledTanh(low, high)
+        )
         self.actor = TensorDictModule(actor_net, in_keys=[OBS], out_keys=[ACTION])
         self.target_actor = deepcopy(actor_net).requires_grad_(False)
         spec = Bounded(low=low, high=high, shape=low.shape)
-        self.noise = AdditiveGaussianModule(spec, sigma_init=cfg.noise_sigma, sigma_end=cfg.noise_sigma,
-                                            annealing_num_steps=1, action_key=ACTION, safe=True)
+        self.noise = AdditiveGaussianModule(
+            spec,
+            sigma_init=cfg.noise_sigma,
+            sigma_end=cfg.noise_sigma,
+            annealing_num_steps=1,
+            action_key=ACTION,
+            safe=True,
+        )
 
     # -- pieces ----------------------------------------------------------------------------------------------
     def act(self, obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -177,8 +189,9 @@ class Facmac(Algorithm):
         live = self.live_forward(td) if live is None else live
         return -mix(self.mixer, live.q, global_state(td)).mean() + self.cfg.action_penalty * live.penalty
 
-    def cases_loss(self, td: TensorDictBase, fixed: Tensor, reduce: bool = True, *,
-                   live: LiveForward | None = None) -> Tensor:
+    def cases_loss(
+        self, td: TensorDictBase, fixed: Tensor, reduce: bool = True, *, live: LiveForward | None = None
+    ) -> Tensor:
         """K-FACMAC's loss: case i has agent i live, the others at ``fixed`` ``[B, N, A]``; one mixer call.
 
         Returns ``−Σ_i E[Q_tot⁽ⁱ⁾] + penalty`` (valued per case, ``−mean_i``, so levels log comparably), or the
@@ -196,8 +209,9 @@ class Facmac(Algorithm):
         return total + self.cfg.action_penalty * live.penalty
 
     def target_pairs(self) -> list[tuple[Tensor, Tensor]]:
-        return parameter_pairs((self.target_actor, self.actor), (self.target_critic, self.critic),
-                               (self.target_mixer, self.mixer))
+        return parameter_pairs(
+            (self.target_actor, self.actor), (self.target_critic, self.critic), (self.target_mixer, self.mixer)
+        )
 
     def update_targets(self) -> None:
         cfg = self.cfg
@@ -238,8 +252,9 @@ class DiscreteFacmac(DiscreteActorCritic, Facmac):
         q_tot = mix(self.mixer, live.q, global_state(td))
         return -self.step_mean(q_tot, td) + self.cfg.action_penalty * live.penalty
 
-    def cases_loss(self, td: TensorDictBase, fixed: Tensor, reduce: bool = True, *,
-                   live: LiveForward | None = None) -> Tensor:
+    def cases_loss(
+        self, td: TensorDictBase, fixed: Tensor, reduce: bool = True, *, live: LiveForward | None = None
+    ) -> Tensor:
         """Case i: agent i's live one-hot, the others' ``fixed`` ones ``[*batch, N, A]``; one mixer call.
         ``−Σ_i E[Q_tot⁽ⁱ⁾]`` valued per case (``−mean_i``), or the ``[*batch, N(case)]`` values if not ``reduce``."""
         live = self.live_forward(td) if live is None else live

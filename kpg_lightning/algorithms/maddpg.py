@@ -57,8 +57,15 @@ Q_VALUE = (GROUP, "state_action_value")
 CRITICS = ("per_agent", "team")
 
 
-def cases_objective(critic: CentralCritic, eye: Tensor, state: Tensor, live: Tensor, others: Tensor | None,
-                    reduce: bool, mean: Callable[[Tensor], Tensor]) -> Tensor:
+def cases_objective(
+    critic: CentralCritic,
+    eye: Tensor,
+    state: Tensor,
+    live: Tensor,
+    others: Tensor | None,
+    reduce: bool,
+    mean: Callable[[Tensor], Tensor],
+) -> Tensor:
     """K-MADDPG's actor loss: case i scores agent i's ``live`` action ``[*batch, N, A]`` with the others at
     ``others``, one critic pass over the N cases; ``mean`` averages over the batch's (real) samples and the cases.
 
@@ -91,24 +98,42 @@ class Maddpg(Algorithm):
     def __init__(self, cfg: MaddpgConfig, info: EnvInfo, model: ModelConfig):
         super().__init__(cfg, info, model)
         self.init_actor(cfg, info, model)
-        self.init_critic(cfg, CentralCritic(info.n_agents, info.critic_state_dim, info.action_dim, model.critic_hidden,
-                                            model.activation, per_agent=cfg.critic == "per_agent"))
-        self.register_buffer("eye", self.one_hot_eye(None if info.discrete else info.action_low.device),
-                             persistent=False)
+        self.init_critic(
+            cfg,
+            CentralCritic(
+                info.n_agents,
+                info.critic_state_dim,
+                info.action_dim,
+                model.critic_hidden,
+                model.activation,
+                per_agent=cfg.critic == "per_agent",
+            ),
+        )
+        self.register_buffer(
+            "eye", self.one_hot_eye(None if info.discrete else info.action_low.device), persistent=False
+        )
         self.register_target_counter(cfg.target_update == "hard")
 
     def init_actor(self, cfg: MaddpgConfig, info: EnvInfo, model: ModelConfig) -> None:
         """The continuous actor ``μ(o) = ScaledTanh(MLP(o))`` and Gaussian exploration noise."""
         if model.recurrent:
-            raise ConfigError("model.recurrent=True is not allowed: continuous maddpg has feed-forward actors "
-                              "(GRU actors: discrete action spaces, e.g. SMAC/SMAX)")
+            raise ConfigError(
+                "model.recurrent=True is not allowed: continuous maddpg has feed-forward actors "
+                "(GRU actors: discrete action spaces, e.g. SMAC/SMAX)"
+            )
         low, high = info.action_low, info.action_high
-        actor_net = nn.Sequential(agent_body(info.n_agents, info.obs_dim, info.action_dim, model),
-                                  ScaledTanh(low, high))
+        actor_net = nn.Sequential(
+            agent_body(info.n_agents, info.obs_dim, info.action_dim, model), ScaledTanh(low, high)
+        )
         self.actor = TensorDictModule(actor_net, in_keys=[OBS], out_keys=[ACTION])
-        self.noise = AdditiveGaussianModule(Bounded(low=low, high=high, shape=low.shape), sigma_init=cfg.noise_sigma,
-                                            sigma_end=cfg.noise_sigma, annealing_num_steps=1, action_key=ACTION,
-                                            safe=True)
+        self.noise = AdditiveGaussianModule(
+            Bounded(low=low, high=high, shape=low.shape),
+            sigma_init=cfg.noise_sigma,
+            sigma_end=cfg.noise_sigma,
+            annealing_num_steps=1,
+            action_key=ACTION,
+            safe=True,
+        )
 
     def init_critic(self, cfg: MaddpgConfig, critic: CentralCritic) -> None:
         """TorchRL's ``DDPGLoss`` (TD(0), l2) over ``critic`` on ``(state, joint action)``, with its target copies of
@@ -152,8 +177,9 @@ class Maddpg(Algorithm):
             return None
         return live.detach() if level == 0 and live is not None else self.live_forward(td)
 
-    def actor_loss(self, td: TensorDictBase, others: Tensor | None, reduce: bool = True, *,
-                   live: Tensor | None = None) -> Tensor:
+    def actor_loss(
+        self, td: TensorDictBase, others: Tensor | None, reduce: bool = True, *, live: Tensor | None = None
+    ) -> Tensor:
         """``-Q_i(s, a_i live, a_-i = others)`` averaged over batch and agents (``[..., N]`` if not ``reduce``)."""
         live = self.live_forward(td) if live is None else live
         return cases_objective(self.critic.module, self.eye, global_state(td), live, others, reduce, Tensor.mean)
@@ -199,12 +225,14 @@ class DiscreteMaddpg(DiscreteActorCritic, Maddpg):
     def live_forward(self, td: TensorDictBase) -> Tensor:
         return self.live_actions(td)
 
-    def actor_loss(self, td: TensorDictBase, others: Tensor | None, reduce: bool = True, *,
-                   live: Tensor | None = None) -> Tensor:
+    def actor_loss(
+        self, td: TensorDictBase, others: Tensor | None, reduce: bool = True, *, live: Tensor | None = None
+    ) -> Tensor:
         """``-Q_i(s, a_i live, a_-i = others)`` over the real steps and agents (``[*batch, N]`` if not ``reduce``)."""
         live = self.live_forward(td) if live is None else live
-        return cases_objective(self.critic, self.eye, global_state(td), live, others, reduce,
-                               lambda x: self.step_mean(x, td))
+        return cases_objective(
+            self.critic, self.eye, global_state(td), live, others, reduce, lambda x: self.step_mean(x, td)
+        )
 
 
 @dataclass

@@ -111,17 +111,23 @@ class Mappo(Algorithm):
             self.register_buffer("action_low", info.action_low.clone(), persistent=False)
             self.register_buffer("action_high", info.action_high.clone(), persistent=False)
             self.dist_class, self.dist_kwargs = TanhNormal, {"low": self.action_low, "high": self.action_high}
-        self.actor = ProbabilisticActor(TensorDictModule(self.actor_net, in_keys=net_in, out_keys=net_out),
-                                        in_keys=dist_in, out_keys=[ACTION], distribution_class=self.dist_class,
-                                        distribution_kwargs=self.dist_kwargs, return_log_prob=True,
-                                        log_prob_key=LOGP)
+        self.actor = ProbabilisticActor(
+            TensorDictModule(self.actor_net, in_keys=net_in, out_keys=net_out),
+            in_keys=dist_in,
+            out_keys=[ACTION],
+            distribution_class=self.dist_class,
+            distribution_kwargs=self.dist_kwargs,
+            return_log_prob=True,
+            log_prob_key=LOGP,
+        )
         centralized = cfg.centralized_critic
-        self.critic = TensorDictModule(ValueNet(info, model, centralized), in_keys=[STATE if centralized else OBS],
-                                       out_keys=[VALUE])
-        self.gae = MultiAgentGAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda, value_network=self.critic,
-                                 deactivate_vmap=True)
-        self.gae.set_keys(advantage=ADV, value_target=TARGET, value=VALUE, reward=REWARD, done=DONE,
-                          terminated=TERMINATED)
+        self.critic = TensorDictModule(
+            ValueNet(info, model, centralized), in_keys=[STATE if centralized else OBS], out_keys=[VALUE]
+        )
+        self.gae = MultiAgentGAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda, value_network=self.critic, deactivate_vmap=True)
+        self.gae.set_keys(
+            advantage=ADV, value_target=TARGET, value=VALUE, reward=REWARD, done=DONE, terminated=TERMINATED
+        )
         self._plan: list[Tensor] | None = None
 
     # -- acting -------------------------------------------------------------------------------------------------
@@ -146,8 +152,9 @@ class Mappo(Algorithm):
 
     def distribution(self, td: TensorDictBase) -> Distribution:
         """The current actor's per-agent distribution over a rollout (or minibatch) ``[envs, T]``."""
-        params = dict(zip(["logits"] if self.info.discrete else ["loc", "scale"], self.actor_net.sequence(td),
-                          strict=True))
+        params = dict(
+            zip(["logits"] if self.info.discrete else ["loc", "scale"], self.actor_net.sequence(td), strict=True)
+        )
         if self.info.has_action_mask:
             params["mask"] = td.get(ACTION_MASK)
         self._sync_bounds()
@@ -171,8 +178,12 @@ class Mappo(Algorithm):
     def minibatches(self, n_envs: int) -> list[Tensor]:
         """Env indices of every minibatch of every epoch (a fresh permutation per epoch; at most one per env)."""
         cfg = self.cfg
-        return [idx for _ in range(cfg.epochs) for idx in torch.randperm(n_envs).tensor_split(cfg.minibatches)
-                if idx.numel()]
+        return [
+            idx
+            for _ in range(cfg.epochs)
+            for idx in torch.randperm(n_envs).tensor_split(cfg.minibatches)
+            if idx.numel()
+        ]
 
     def critic_loss(self, td: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         value, old, target = self.critic.module(td.get(self.critic.in_keys[0])), td.get(VALUE), td.get(TARGET)
@@ -218,8 +229,9 @@ class Mappo(Algorithm):
             loss = loss - cfg.entropy_coef * entropy.mean()
         return loss
 
-    def actor_update(self, td: TensorDictBase, others: Tensor, step: Callable[[Tensor], Tensor],
-                     live: Any = None) -> Tensor:
+    def actor_update(
+        self, td: TensorDictBase, others: Tensor, step: Callable[[Tensor], Tensor], live: Any = None
+    ) -> Tensor:
         """scope=update: all epochs x minibatches, mean loss; scope=step: one gradient step on ``td``. No shared
         live forward (``live`` is unused): PPO's epochs move θ within a level."""
         if self._plan is None:

@@ -83,23 +83,40 @@ class Qmix(Algorithm):
             raise ValueError(f"algorithm: {cfg.name} needs discrete actions (env has continuous actions)")
         n = info.n_agents
         self.q_net = QNet(info, model)
-        self.mixer = None if cfg.mixer == "none" else make_mixer(
-            cfg.mixer, n, info.critic_state_dim, cfg.mixer_embed_dim, cfg.mixer_hypernet_hidden,
-            init_scale=cfg.mixer_init_scale)
+        self.mixer = (
+            None
+            if cfg.mixer == "none"
+            else make_mixer(
+                cfg.mixer,
+                n,
+                info.critic_state_dim,
+                cfg.mixer_embed_dim,
+                cfg.mixer_hypernet_hidden,
+                init_scale=cfg.mixer_init_scale,
+            )
+        )
         self.target_q_net = deepcopy(self.q_net).requires_grad_(False)
         self.target_mixer = None if self.mixer is None else deepcopy(self.mixer).requires_grad_(False)
         self.register_target_counter(hard=True)
         mask = ACTION_MASK if info.has_action_mask else None
         net_in = [OBS, HIDDEN, "is_init"] if model.recurrent else [OBS]
         net_out = [QVALUE, ("next", HIDDEN)] if model.recurrent else [QVALUE]
-        self.explore = EGreedyModule(Categorical(info.action_dim, shape=(n,), dtype=torch.int64),
-                                     eps_init=float(cfg.epsilon_start), eps_end=float(cfg.epsilon_end),
-                                     annealing_num_steps=max(1, cfg.epsilon_anneal_frames), action_key=ACTION,
-                                     action_mask_key=mask)
+        self.explore = EGreedyModule(
+            Categorical(info.action_dim, shape=(n,), dtype=torch.int64),
+            eps_init=float(cfg.epsilon_start),
+            eps_end=float(cfg.epsilon_end),
+            annealing_num_steps=max(1, cfg.epsilon_anneal_frames),
+            action_key=ACTION,
+            action_mask_key=mask,
+        )
         self.acting = TensorDictSequential(
             TensorDictModule(self.q_net, in_keys=net_in, out_keys=net_out),
-            QValueModule(action_space="categorical", action_value_key=QVALUE, action_mask_key=mask,
-                         out_keys=[ACTION, QVALUE, CHOSEN]),
+            QValueModule(
+                action_space="categorical",
+                action_value_key=QVALUE,
+                action_mask_key=mask,
+                out_keys=[ACTION, QVALUE, CHOSEN],
+            ),
             self.explore,
         )
 
@@ -170,13 +187,16 @@ class Qmix(Algorithm):
         value, target, filled = self.td_terms(td)
         count = filled.sum().clamp_min(1)
         loss = torch.where(filled, value - target, 0.0).pow(2).sum() / count
-        return loss, {"q_tot_mean": torch.where(filled, value.detach(), 0.0).sum() / count,
-                      "target_mean": torch.where(filled, target, 0.0).sum() / count,
-                      "epsilon": self.explore.eps.detach().clone()}
+        return loss, {
+            "q_tot_mean": torch.where(filled, value.detach(), 0.0).sum() / count,
+            "target_mean": torch.where(filled, target, 0.0).sum() / count,
+            "epsilon": self.explore.eps.detach().clone(),
+        }
 
     def target_pairs(self) -> list[tuple[Tensor, Tensor]]:
-        return parameter_pairs((self.target_q_net, self.q_net),
-                               *(() if self.mixer is None else ((self.target_mixer, self.mixer),)))
+        return parameter_pairs(
+            (self.target_q_net, self.q_net), *(() if self.mixer is None else ((self.target_mixer, self.mixer),))
+        )
 
     def update_targets(self) -> None:
         """Hard copy of the online net (and mixer) every ``target_update_interval`` calls, one per update."""

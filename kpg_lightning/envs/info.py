@@ -11,9 +11,26 @@ from tensordict import TensorDictBase
 from torch import Tensor
 from torchrl.envs import EnvBase
 
-__all__ = ["ACTION", "ACTION_DIM_MASK", "ACTION_MASK", "AGENT_DONE", "AGENT_TERMINATED", "BATTLE_WON", "DONE",
-           "DONE_FLAGS", "EPISODE_REWARD", "GROUP", "OBS", "REWARD", "STATE", "TERMINATED", "TRUNCATED", "EnvInfo",
-           "global_state", "masked_random_action"]
+__all__ = [
+    "ACTION",
+    "ACTION_DIM_MASK",
+    "ACTION_MASK",
+    "AGENT_DONE",
+    "AGENT_TERMINATED",
+    "BATTLE_WON",
+    "DONE",
+    "DONE_FLAGS",
+    "EPISODE_REWARD",
+    "GROUP",
+    "OBS",
+    "REWARD",
+    "STATE",
+    "TERMINATED",
+    "TRUNCATED",
+    "EnvInfo",
+    "global_state",
+    "masked_random_action",
+]
 
 GROUP = "agents"
 """The one agent group."""
@@ -90,6 +107,14 @@ class EnvInfo:
             low, high = action.space.low[index].clone(), action.space.high[index].clone()
         keys = obs_spec.keys(True, True)
         state_dim = obs_spec[STATE].shape[-1] if STATE in keys else None
-        return cls(n_agents=n_agents, obs_dim=obs.shape[-1], action_dim=action_dim, discrete=discrete,
-                   state_dim=state_dim, action_low=low, action_high=high,
-                   has_action_mask=ACTION_MASK in keys, has_action_dim_mask=ACTION_DIM_MASK in keys)
+        return cls(
+            n_agents=n_agents,
+            obs_dim=obs.shape[-1],
+            action_dim=action_dim,
+            discrete=discrete,
+            state_dim=state_dim,
+            action_low=low,
+            action_high=high,
+            has_action_mask=ACTION_MASK in keys,
+            has_action_dim_mask=ACTION_DIM_MASK in keys,
+        )

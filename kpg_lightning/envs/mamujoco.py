@@ -187,8 +187,13 @@ class MamujocoEnv(EnvBase):
         observation[STATE] = Unbounded((info.state_dim,), dtype=torch.float32, device=dev)
         self.observation_spec = observation
         action = Composite({GROUP: Composite(shape=(n,), device=dev)}, device=dev)
-        action[ACTION] = Bounded(low=torch.as_tensor(low, device=dev), high=torch.as_tensor(high, device=dev),
-                                 shape=(n, info.act_dim), dtype=torch.float32, device=dev)
+        action[ACTION] = Bounded(
+            low=torch.as_tensor(low, device=dev),
+            high=torch.as_tensor(high, device=dev),
+            shape=(n, info.act_dim),
+            dtype=torch.float32,
+            device=dev,
+        )
         self.action_spec = action
         reward = Composite({GROUP: Composite(shape=(n,))}, device=dev)
         reward[REWARD] = Unbounded((n, 1), dtype=torch.float32, device=dev)

@@ -115,8 +115,10 @@ def env_family(cfg: DictConfig) -> EnvFamily:
     for family in ENV_FAMILIES.values():
         if family.config_class._target_ == cfg._target_:
             return family
-    raise ValueError(f"env._target_: {cfg._target_!r} is not a known environment family; "
-                     f"valid: {', '.join(f.config_class._target_ for f in ENV_FAMILIES.values())}")
+    raise ValueError(
+        f"env._target_: {cfg._target_!r} is not a known environment family; "
+        f"valid: {', '.join(f.config_class._target_ for f in ENV_FAMILIES.values())}"
+    )
 
 
 def task_name(cfg: DictConfig) -> str:
@@ -135,5 +137,6 @@ def make_env(cfg: DictConfig, *, seed: int, device: str = "cpu", **overrides: An
     except ValueError as exc:  # adapters name the offending env.* key in their message
         raise ConfigError(str(exc).splitlines()[0]) from exc
     except ImportError as exc:
-        raise ImportError(f"env: the {family.name} simulator is not installed ({exc}); "
-                          f"pip install 'kpg-lightning[{family.extra}]'") from exc
+        raise ImportError(
+            f"env: the {family.name} simulator is not installed ({exc}); pip install 'kpg-lightning[{family.extra}]'"
+        ) from exc

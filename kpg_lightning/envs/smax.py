@@ -78,9 +78,16 @@ def _smax_registry() -> dict[str, Any]:
     for name, army in EXTRA_MAPS.items():
         if name not in MAP_NAME_TO_SCENARIO:
             side = [types.index(unit) for unit, count in army for _ in range(count)]
-            register_scenario(name, Scenario(unit_types=jnp.array(side * 2, dtype=jnp.uint8), num_allies=len(side),
-                                             num_enemies=len(side), smacv2_position_generation=False,
-                                             smacv2_unit_type_generation=False))
+            register_scenario(
+                name,
+                Scenario(
+                    unit_types=jnp.array(side * 2, dtype=jnp.uint8),
+                    num_allies=len(side),
+                    num_enemies=len(side),
+                    smacv2_position_generation=False,
+                    smacv2_unit_type_generation=False,
+                ),
+            )
     return MAP_NAME_TO_SCENARIO
 
 

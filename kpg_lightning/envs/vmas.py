@@ -64,6 +64,8 @@ def make_vmas_env(
         **(scenario_kwargs or {}),
     )
     if list(env.group_map) != [GROUP]:
-        raise ValueError(f"env.scenario: {scenario!r} has agent groups {list(env.group_map)}; "
-                         f"only scenarios with one group {GROUP!r} are supported")
+        raise ValueError(
+            f"env.scenario: {scenario!r} has agent groups {list(env.group_map)}; "
+            f"only scenarios with one group {GROUP!r} are supported"
+        )
     return TransformedEnv(env, StepCounter(max_steps))
