@@ -314,16 +314,19 @@ def _renamed_key(overrides: list[str]) -> str | None:
 
 
 def precheck(overrides: list[str]) -> str | None:
-    """Compose the config once with the command line's overrides; the error, on one line, if it fails (naming the
-    new key where an override spells a renamed setting the old way)."""
+    """Compose the config once with the command line's overrides; the error, on one line, if it fails (or, before
+    composing, the new key where an override spells a renamed setting the old way)."""
     from hydra import compose, initialize_config_module
 
+    renamed = _renamed_key(overrides)
+    if renamed:
+        return renamed
     try:
         with initialize_config_module("kpg_lightning.conf", version_base=None):
             cfg = compose("config", overrides=overrides)
             OmegaConf.to_container(cfg, resolve=False)
     except Exception as exc:
-        return _renamed_key(overrides) or _one_line(exc)
+        return _one_line(exc)
     return None
 
 
