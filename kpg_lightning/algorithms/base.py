@@ -26,10 +26,12 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import Tensor, nn
+from torchrl.data import Bounded
 from torchrl.envs import Transform
+from torchrl.modules import AdditiveGaussianModule
 
 from kpg_lightning.config import ModelConfig
-from kpg_lightning.envs.info import DONE, GROUP, REWARD, TERMINATED, EnvInfo
+from kpg_lightning.envs.info import ACTION, DONE, GROUP, REWARD, TERMINATED, EnvInfo
 
 __all__ = [
     "TARGET_UPDATES",
@@ -37,6 +39,7 @@ __all__ = [
     "AlgorithmConfig",
     "epsilon_at",
     "expand_done",
+    "gaussian_exploration",
     "parameter_pairs",
     "sync_targets",
 ]
@@ -98,6 +101,15 @@ def sync_targets(
     updates += 1
     if int(updates) % interval == 0:
         torch._foreach_copy_(targets, online)
+
+
+def gaussian_exploration(low: Tensor, high: Tensor, sigma: float) -> AdditiveGaussianModule:
+    """Exploration of the deterministic continuous policies (MADDPG, FACMAC, COMIX): Gaussian noise of constant
+    ``sigma`` added to the actions, clipped to ``[low, high]`` (TorchRL's ``AdditiveGaussianModule``)."""
+    spec = Bounded(low=low, high=high, shape=low.shape)
+    return AdditiveGaussianModule(
+        spec, sigma_init=sigma, sigma_end=sigma, annealing_num_steps=1, action_key=ACTION, safe=True
+    )
 
 
 def epsilon_at(frames: int, start: float, end: float, anneal_frames: int) -> float:

@@ -29,10 +29,14 @@ import torch.nn.functional as F
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import Tensor, nn
-from torchrl.data import Bounded
-from torchrl.modules import AdditiveGaussianModule
 
-from kpg_lightning.algorithms.base import Algorithm, AlgorithmConfig, parameter_pairs, sync_targets
+from kpg_lightning.algorithms.base import (
+    Algorithm,
+    AlgorithmConfig,
+    gaussian_exploration,
+    parameter_pairs,
+    sync_targets,
+)
 from kpg_lightning.config import ModelConfig
 from kpg_lightning.envs.info import ACTION, ACTION_DIM_MASK, OBS, REWARD, TERMINATED, EnvInfo, global_state
 from kpg_lightning.mixers import make_mixer, mix
@@ -163,14 +167,7 @@ class Comix(Algorithm):
         )
         self.target_agent = deepcopy(self.agent).requires_grad_(False)
         self.target_mixer = deepcopy(self.mixer).requires_grad_(False)
-        self.noise = AdditiveGaussianModule(
-            Bounded(low=low, high=high, shape=low.shape),
-            sigma_init=cfg.noise_sigma,
-            sigma_end=cfg.noise_sigma,
-            annealing_num_steps=1,
-            action_key=ACTION,
-            safe=True,
-        )
+        self.noise = gaussian_exploration(low, high, cfg.noise_sigma)
 
     def dim_mask(self, td: TensorDictBase) -> Tensor | None:
         """``[B, N, A]`` float mask of the real action dimensions (None: the env has no ``action_dim_mask``)."""

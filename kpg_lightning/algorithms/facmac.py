@@ -42,10 +42,8 @@ import torch.nn.functional as F
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import Tensor, nn
-from torchrl.data import Bounded
-from torchrl.modules import AdditiveGaussianModule
 
-from kpg_lightning.algorithms.base import Algorithm, parameter_pairs, sync_targets
+from kpg_lightning.algorithms.base import Algorithm, gaussian_exploration, parameter_pairs, sync_targets
 from kpg_lightning.algorithms.discrete import DiscreteActionsConfig, DiscreteActorCritic
 from kpg_lightning.config import ModelConfig
 from kpg_lightning.envs.info import ACTION, ACTION_DIM_MASK, OBS, REWARD, TERMINATED, EnvInfo, global_state
@@ -121,15 +119,7 @@ class Facmac(Algorithm):
         )
         self.actor = TensorDictModule(actor_net, in_keys=[OBS], out_keys=[ACTION])
         self.target_actor = deepcopy(actor_net).requires_grad_(False)
-        spec = Bounded(low=low, high=high, shape=low.shape)
-        self.noise = AdditiveGaussianModule(
-            spec,
-            sigma_init=cfg.noise_sigma,
-            sigma_end=cfg.noise_sigma,
-            annealing_num_steps=1,
-            action_key=ACTION,
-            safe=True,
-        )
+        self.noise = gaussian_exploration(low, high, cfg.noise_sigma)
 
     # -- pieces ----------------------------------------------------------------------------------------------
     def act(self, obs: Tensor) -> tuple[Tensor, Tensor]:

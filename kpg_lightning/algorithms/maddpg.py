@@ -29,11 +29,9 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import Tensor, nn
-from torchrl.data import Bounded
-from torchrl.modules import AdditiveGaussianModule
 from torchrl.objectives import DDPGLoss, ValueEstimators
 
-from kpg_lightning.algorithms.base import Algorithm, expand_done, parameter_pairs, sync_targets
+from kpg_lightning.algorithms.base import Algorithm, expand_done, gaussian_exploration, parameter_pairs, sync_targets
 from kpg_lightning.algorithms.discrete import DiscreteActionsConfig, DiscreteActorCritic
 from kpg_lightning.config import ModelConfig
 from kpg_lightning.envs.info import (
@@ -126,14 +124,7 @@ class Maddpg(Algorithm):
             agent_body(info.n_agents, info.obs_dim, info.action_dim, model), ScaledTanh(low, high)
         )
         self.actor = TensorDictModule(actor_net, in_keys=[OBS], out_keys=[ACTION])
-        self.noise = AdditiveGaussianModule(
-            Bounded(low=low, high=high, shape=low.shape),
-            sigma_init=cfg.noise_sigma,
-            sigma_end=cfg.noise_sigma,
-            annealing_num_steps=1,
-            action_key=ACTION,
-            safe=True,
-        )
+        self.noise = gaussian_exploration(low, high, cfg.noise_sigma)
 
     def init_critic(self, cfg: MaddpgConfig, critic: CentralCritic) -> None:
         """TorchRL's ``DDPGLoss`` (TD(0), l2) over ``critic`` on ``(state, joint action)``, with its target copies of
