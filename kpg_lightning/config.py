@@ -82,6 +82,10 @@ class BufferConfig:
     """Frames collected before the first update (episode replay also waits for ``batch_size`` episodes)."""
     episode_length: int | None = None
     """Steps each replayed episode is zero-padded to (episode replay); null: the environment's episode limit."""
+    device: str = "auto"
+    """Where replay is stored: auto (the training device when the replay's estimated size fits in half its free
+    memory, else the CPU), cpu, cuda or cuda:N. The size is checked before allocating; on-policy algorithms have no
+    replay and ignore it."""
 
 
 @dataclass

@@ -7,8 +7,11 @@ and below the entry points, which call :func:`register_configs` once and :func:`
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,7 +21,7 @@ from kpg_lightning.envs.registry import ENV_FAMILIES, env_family
 from kpg_lightning.errors import ConfigError
 from kpg_lightning.models import ACTIVATIONS
 
-__all__ = ["register_configs", "validate"]
+__all__ = ["env_device", "register_configs", "training_device", "validate"]
 
 
 def register_configs() -> None:
@@ -49,7 +52,6 @@ def _check_model(cfg: DictConfig) -> None:
 
 
 def _check_trainer(cfg: DictConfig) -> None:
-    import torch
     from lightning.pytorch.strategies import StrategyRegistry
 
     trainer = cfg.trainer
@@ -70,6 +72,51 @@ def _check_trainer(cfg: DictConfig) -> None:
     if isinstance(strategy, str):
         valid = ["auto", *StrategyRegistry.available_strategies()]
         _check(strategy in valid, "trainer.strategy", f"one of {', '.join(valid)}", strategy)
+
+
+DEVICE_VALUES = "auto, cpu, cuda or cuda:N"
+
+
+def training_device(trainer: DictConfig) -> torch.device:
+    """The device this process trains on, as the ``trainer`` group will place it: ``cuda:<index>`` for
+    ``trainer.accelerator`` gpu/cuda (or auto with a CUDA GPU) — the index of this process's local rank among
+    ``trainer.devices`` — else the CPU (an MPS or TPU run keeps simulators and replay on the CPU)."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    gpus = torch.cuda.device_count()
+    if gpus == 0 or accelerator not in ("gpu", "cuda", "auto"):
+        return torch.device("cpu")
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, str) and re.fullmatch(r"\d+(,\d+)*,?", devices.strip()) and "," in devices:
+        devices = [int(d) for d in devices.split(",") if d]
+    if not isinstance(devices, int | str):
+        indices = list(devices)
+        return torch.device("cuda", int(indices[rank % len(indices)]))
+    return torch.device("cuda", rank % gpus)
+
+
+def _device(key: str, value: str, gpu_ok: bool = True, why: str = "") -> None:
+    """Checks an ``env.device``/``buffer.device`` value: auto, cpu, cuda or cuda:N, cuda only with a CUDA GPU."""
+    value = str(value)
+    _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is not None, key, DEVICE_VALUES, value)
+    if value.startswith("cuda"):
+        _check(gpu_ok, key, f"auto or cpu {why}", value)
+        gpus = torch.cuda.device_count()
+        _check(gpus > 0, key, "auto or cpu on a machine without a CUDA GPU", value)
+        index = torch.device(value).index
+        _check(index is None or index < gpus, key, f"cuda:0 to cuda:{gpus - 1} (this machine's GPUs)", value)
+
+
+def env_device(cfg: DictConfig) -> torch.device:
+    """Where the simulator runs: ``env.device`` (cuda: the training GPU where training is on one), with auto the
+    training device for a family that can run there
+    (VMAS), else the CPU (MaMuJoCo, SMAX and SMAC step on the CPU and hand tensors to the training device)."""
+    value, device = str(cfg.env.get("device", "auto")), training_device(cfg.trainer)
+    if value == "cuda" and device.type == "cuda":  # this process's GPU (its local rank's under DDP)
+        return device
+    if value != "auto":
+        return torch.device(value)
+    return device if env_family(cfg.env).gpu and device.type == "cuda" else torch.device("cpu")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -154,6 +201,10 @@ def validate(cfg: DictConfig) -> None:
         )
     _check_model(cfg)
     _check_trainer(cfg)
+    _device(
+        "env.device", cfg.env.get("device", "auto"), family.gpu, f"for {family.name} (its simulator runs on the CPU)"
+    )
+    _device("buffer.device", cfg.buffer.get("device", "auto"))
     _check(0 < cfg.algorithm.gamma <= 1, "algorithm.gamma", "a number in (0, 1]", cfg.algorithm.gamma)
     clip = cfg.algorithm.grad_clip
     _check(clip is None or clip > 0, "algorithm.grad_clip", "null or a number > 0", clip)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase, pad
@@ -11,10 +13,21 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import RandomSampler
+from torchrl.envs import EnvBase
 
 from kpg_lightning.envs.info import DONE
+from kpg_lightning.errors import ConfigError
 
-__all__ = ["CollectorStream", "EpisodeAssembler", "make_replay_buffer", "stream_loader"]
+__all__ = [
+    "CollectorStream",
+    "EpisodeAssembler",
+    "available_bytes",
+    "make_replay_buffer",
+    "replay_bytes",
+    "replay_device",
+    "stream_loader",
+    "without_info",
+]
 
 
 class CollectorStream(IterableDataset):
@@ -62,7 +75,73 @@ def stream_loader(stream: CollectorStream) -> DataLoader:
     return DataLoader(stream, batch_size=None, collate_fn=lambda batch: batch, num_workers=0)
 
 
-def make_replay_buffer(size: int, batch_size: int, seed: int = 0, device: str = "cpu") -> TensorDictReplayBuffer:
+def without_info(td: TensorDictBase) -> TensorDictBase:
+    """Drops simulator diagnostics (``info`` entries): no loss reads them, and replay need not store them."""
+    keys = [key for key in td.keys(True) if (key[-1] if isinstance(key, tuple) else key) == "info"]
+    return td.exclude(*keys) if keys else td
+
+
+def replay_bytes(env: EnvBase, size: int, exclude: tuple[Any, ...] = (), episode_length: int | None = None) -> int:
+    """Bytes a full replay of ``size`` items takes, estimated before anything is collected.
+
+    One frame is the env's full specs as a zeroed TensorDict (observations, action, reward, done flags, and their
+    ``next`` entries, env transforms included; no random numbers are drawn), less what replay does not store
+    (``info`` entries and ``exclude``), plus the collector's trajectory id (int64); an episode is ``episode_length``
+    such frames plus its ``filled`` flag. Policy outputs that are not in the specs and not excluded are not counted.
+    """
+    frame = without_info(env.fake_tensordict())
+    frame = frame[(0,) * frame.batch_dims] if frame.batch_dims else frame
+    if exclude:
+        frame = frame.exclude(*exclude)
+    per_step = sum(t.numel() * t.element_size() for t in frame.values(True, True)) + 8  # ("collector", "traj_ids")
+    per_item = (per_step + 1) * episode_length if episode_length else per_step  # + "filled" (bool)
+    return int(per_item) * int(size)
+
+
+def available_bytes(device: torch.device | str) -> int:
+    """Memory free for a new allocation on ``device``: CUDA's free memory, or the machine's ``MemAvailable``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+GPU_REPLAY_SHARE = 0.5
+"""``buffer.device=auto`` stores replay on the training GPU only when its estimate is at most this share of the
+GPU's free memory, leaving the rest to the networks, their optimizers and the K-level recursion's activations."""
+
+
+def replay_device(requested: str, training: torch.device, needed: int) -> torch.device:
+    """Where replay of ``needed`` bytes is stored: ``buffer.device`` (auto: the training device when it fits in
+    :data:`GPU_REPLAY_SHARE` of its free memory, else the CPU; cuda: the training GPU where training is on one).
+    Refuses, before anything is allocated, a replay that does not fit in the chosen device's free memory."""
+    if requested == "auto":
+        fits = training.type == "cuda" and needed <= GPU_REPLAY_SHARE * available_bytes(training)
+        device = training if fits else torch.device("cpu")
+    elif requested == "cuda" and training.type == "cuda":  # this process's GPU (its local rank's under DDP)
+        device = training
+    else:
+        device = torch.device(requested)
+    free = available_bytes(device)
+    if needed > free:
+        raise ConfigError(
+            f"buffer.size is not allowed: its replay needs {needed / 1e9:.3g} GB and buffer.device={requested} "
+            f"({device}) has {free / 1e9:.3g} GB available; lower buffer.size"
+            + (" or set buffer.device=cpu" if device.type == "cuda" else "")
+        )
+    return device
+
+
+def make_replay_buffer(
+    size: int, batch_size: int, seed: int = 0, device: str | torch.device = "cpu"
+) -> TensorDictReplayBuffer:
     """Uniform replay (TorchRL ``LazyTensorStorage``) over ``size`` items — single frames, or whole padded
     episodes for episodic algorithms — sampling from its own seeded generator (saved in checkpoints), so sampling
     does not depend on what else draws random numbers."""

@@ -21,7 +21,7 @@ from torchrl.collectors import Collector
 from torchrl.data import ReplayBuffer
 
 from kpg_lightning.checkpointing import load_replay, save_replay
-from kpg_lightning.data import CollectorStream, EpisodeAssembler, stream_loader
+from kpg_lightning.data import CollectorStream, EpisodeAssembler, stream_loader, without_info
 from kpg_lightning.envs.info import DONE, EPISODE_REWARD
 
 __all__ = ["CollectorFactory", "Experience"]
@@ -34,12 +34,6 @@ class CollectorFactory(Protocol):
         """A collector for one segment of ``total_frames`` frames starting at ``start_frames`` (the environment
         reseeded from that count and ``rank``, and reset), acting on ``device``."""
         ...
-
-
-def _without_info(td: TensorDictBase) -> TensorDictBase:
-    """Drops simulator diagnostics (``info`` entries): no loss reads them, and replay need not store them."""
-    keys = [key for key in td.keys(True) if (key[-1] if isinstance(key, tuple) else key) == "info"]
-    return td.exclude(*keys) if keys else td
 
 
 class Experience:
@@ -133,7 +127,7 @@ class Experience:
         if self.replay is None:
             yield batch.to(self.device)
             return
-        stored = _without_info(batch)
+        stored = without_info(batch)
         if self.exclude:
             stored = stored.exclude(*self.exclude)
         if self.episodes is None:

@@ -31,8 +31,8 @@ from kpg_lightning.callbacks import (
     KPGDiagnostics,
 )
 from kpg_lightning.checkpointing import MODEL, find_checkpoint
-from kpg_lightning.configure import register_configs, validate
-from kpg_lightning.data import make_replay_buffer
+from kpg_lightning.configure import env_device, register_configs, training_device, validate
+from kpg_lightning.data import make_replay_buffer, replay_bytes, replay_device
 from kpg_lightning.envs.info import EPISODE_REWARD, REWARD, EnvInfo
 from kpg_lightning.envs.registry import env_family, make_env, task_name
 from kpg_lightning.errors import CheckpointError, ConfigError, NonFiniteError
@@ -128,20 +128,29 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     validate(cfg)
     checkpoint = resolve_checkpoint(cfg.resume) if cfg.resume else None
     seed_everything(cfg.seed, workers=True)
-    env = with_episode_returns(make_env(cfg.env, seed=cfg.seed))
-    eval_env = with_episode_returns(make_env(cfg.env, seed=cfg.seed + 10_000, **_eval_envs(cfg.env, cfg.eval.episodes)))
+    sim_device = env_device(cfg)
+    env = with_episode_returns(make_env(cfg.env, seed=cfg.seed, device=sim_device))
+    eval_env = with_episode_returns(
+        make_env(cfg.env, seed=cfg.seed + 10_000, device=sim_device, **_eval_envs(cfg.env, cfg.eval.episodes))
+    )
     info = EnvInfo.from_env(env)
     algorithm = make_algorithm(OmegaConf.to_object(cfg.algorithm), info, OmegaConf.to_object(cfg.model))
     for target in (env, eval_env):
         for transform in algorithm.env_transforms():
             target.append_transform(transform)
-    replay = (
-        None
-        if algorithm.on_policy
-        else make_replay_buffer(
-            cfg.buffer.size, cfg.buffer.batch_size, seed=collection_seed(cfg.seed, global_rank(), -1)
+    episodic = not algorithm.on_policy and algorithm.replay_unit == "episodes"
+    length = episode_length(cfg, env) if episodic else None
+    replay, storing_device = None, env.device
+    if not algorithm.on_policy:  # sized before anything is allocated: too large is refused here, not an OOM later
+        needed = replay_bytes(env, cfg.buffer.size, tuple(algorithm.replay_exclude), length)
+        buffer_device = replay_device(str(cfg.buffer.device), training_device(cfg.trainer), needed)
+        replay = make_replay_buffer(
+            cfg.buffer.size,
+            cfg.buffer.batch_size,
+            seed=collection_seed(cfg.seed, global_rank(), -1),
+            device=buffer_device,
         )
-    )
+        storing_device = buffer_device
 
     def make_collector(
         total_frames: int, init_random_frames: int, start_frames: int, rank: int, device: torch.device
@@ -154,12 +163,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             frames_per_batch=per_batch,
             total_frames=-(-total_frames // per_batch) * per_batch,
             init_random_frames=init_random_frames,
-            storing_device="cpu",
+            env_device=env.device,
             policy_device=device,
+            storing_device=storing_device,  # replay's device (on-policy: the env's; batches move to ``device``)
             auto_register_policy_transforms=False,
         )
 
-    episodic = replay is not None and algorithm.replay_unit == "episodes"
     experience = Experience(
         make_collector,
         cfg.max_frames,
@@ -169,7 +178,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         learning_starts=cfg.buffer.learning_starts,
         init_random_frames=cfg.collector.init_random_frames,
         segment_frames=cfg.checkpoint.every_frames,
-        episode_length=episode_length(cfg, env) if episodic else None,
+        episode_length=length,
         exclude=tuple(algorithm.replay_exclude),
     )
     module = KPGModule(

@@ -22,8 +22,16 @@ FIXTURES = Path(__file__).parent / "fixtures"
 RENAMED = {"epsilon_frames": "epsilon_anneal_frames", "hypernet_hidden": "mixer_hypernet_hidden"}
 
 
+# Settings added after the fixtures were captured, with their defaults (which keep what runs where as before on a
+# CPU machine): where the simulator runs and where replay is stored (``auto``: the training device when possible).
+ADDED = {("env", "device"): "auto", ("buffer", "device"): "auto"}
+
+
 def _renamed(config: dict) -> dict:
-    return {**config, "algorithm": {RENAMED.get(key, key): value for key, value in config["algorithm"].items()}}
+    config = {**config, "algorithm": {RENAMED.get(key, key): value for key, value in config["algorithm"].items()}}
+    for (group, key), value in ADDED.items():
+        config[group] = dict(sorted({**config[group], key: value}.items()))
+    return config
 
 
 BEFORE = {

@@ -33,6 +33,8 @@ class VmasConfig:
     """VMAS scenario (``pip install kpg-lightning[vmas]``)."""
 
     _target_: str = "kpg_lightning.envs.vmas.make_vmas_env"
+    device: str = "auto"
+    """Device the simulator runs on: auto (the training device; VMAS is pure torch), cpu, cuda or cuda:N."""
     scenario: str = "balance"
     """Scenario name: balance, navigation, transport, ... (any VMAS scenario with one agent group)."""
     num_envs: int = 60
@@ -50,6 +52,8 @@ class MamujocoConfig:
     """Multi-Agent MuJoCo (``pip install kpg-lightning[mujoco]``)."""
 
     _target_: str = "kpg_lightning.envs.mamujoco.make_mamujoco_env"
+    device: str = "auto"
+    """Device the simulator runs on: auto or cpu (its tensors are handed to the training device)."""
     scenario: str = "Walker2d"
     """MuJoCo robot: Walker2d, HalfCheetah, Ant, Hopper, Humanoid, ..."""
     agent_conf: str | None = "2x3"
@@ -69,6 +73,8 @@ class SmaxConfig:
     """JaxMARL's SMAX StarCraft (``pip install kpg-lightning[smax]``), against the heuristic enemy."""
 
     _target_: str = "kpg_lightning.envs.smax.make_smax_env"
+    device: str = "auto"
+    """Device the simulator runs on: auto or cpu (its tensors are handed to the training device)."""
     map_name: str = "3m"
     """SMAX map: 3m, 8m, 2s3z, 3s5z, 5m_vs_6m, 27m_vs_30m, 3s5z_vs_3s6z, 6h_vs_8z, ... (SMAX has no MMM)"""
     num_envs: int = 64
@@ -80,6 +86,8 @@ class SmacConfig:
     """SMAC on StarCraft II (oxwhirl's ``smac`` and the game, installed by the user; see the README)."""
 
     _target_: str = "kpg_lightning.envs.smac.make_smac_env"
+    device: str = "auto"
+    """Device the simulator runs on: auto or cpu (its tensors are handed to the training device)."""
     map_name: str = "MMM"
     """SMAC map: 3m, MMM, corridor, 3s5z_vs_3s6z, ..."""
 
@@ -96,6 +104,9 @@ class EnvFamily:
     batched_eval: bool = True
     """Whether evaluation builds one environment per episode (``num_envs``); otherwise one, and episodes run in
     rounds."""
+    gpu: bool = False
+    """Whether the simulator can run on a CUDA device (``env.device=cuda``); otherwise it runs on the CPU and its
+    tensors are moved to the training device."""
 
     def action_space(self, cfg: DictConfig) -> str:
         discrete = self.discrete if self.discrete is not None else not cfg.get("continuous_actions", True)
@@ -103,7 +114,7 @@ class EnvFamily:
 
 
 ENV_FAMILIES: dict[str, EnvFamily] = {
-    "vmas": EnvFamily("vmas", VmasConfig, ("scenario",), "vmas"),
+    "vmas": EnvFamily("vmas", VmasConfig, ("scenario",), "vmas", gpu=True),  # pure torch
     "mamujoco": EnvFamily("mamujoco", MamujocoConfig, ("scenario", "agent_conf"), "mujoco", discrete=False),
     "smax": EnvFamily("smax", SmaxConfig, ("map_name",), "smax", discrete=True),
     # one StarCraft II game (its own process and GBs of memory) for evaluation: episodes run one after another
@@ -127,10 +138,12 @@ def task_name(cfg: DictConfig) -> str:
     return f"{family.name}/" + "-".join(str(cfg[key]) for key in family.task_keys if cfg.get(key) is not None)
 
 
-def make_env(cfg: DictConfig, *, seed: int, device: str = "cpu", **overrides: Any) -> EnvBase:
-    """Instantiate the configured environment, e.g. ``make_env(cfg.env, seed=1, num_envs=10)`` for evaluation."""
+def make_env(cfg: DictConfig, *, seed: int, device: Any = "cpu", **overrides: Any) -> EnvBase:
+    """Instantiate the configured environment on ``device`` (``env.device`` resolved, see
+    :func:`kpg_lightning.configure.env_device`), e.g. ``make_env(cfg.env, seed=1, num_envs=10)`` for evaluation."""
     family = env_family(cfg)
     kwargs = OmegaConf.to_container(cfg, resolve=True)
+    kwargs.pop("device", None)  # env.device is resolved by the caller (``auto``: the training device) and passed in
     factory = get_method(kwargs.pop("_target_"))
     try:
         return factory(**{**kwargs, **overrides}, seed=seed, device=device)
