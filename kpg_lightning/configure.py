@@ -34,6 +34,12 @@ def register_configs() -> None:
         cs.store(group="env", name=f"{name}_config", node=family.config_class)
 
 
+# 16-mixed/16-true: fp16 loss scaling unscales inside optimizer.step(), after the K-level steps' clip and finite
+# check, and the scaler's state is not part of a level's snapshot. 64-true: Lightning converts the module, not the
+# collected data (float32 replay and env), which it does not reach.
+PRECISIONS = ("32", "32-true", "bf16-mixed")
+
+
 def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
@@ -68,6 +74,14 @@ def _check_trainer(cfg: DictConfig) -> None:
         devices = trainer.get("devices", "auto")
         if isinstance(devices, int) and devices > 0:
             _check(devices <= gpus, "trainer.devices", f"at most the {gpus} GPU(s) of this machine", devices)
+    precision = trainer.get("precision")
+    if precision is not None:
+        _check(
+            str(precision) in PRECISIONS,
+            "trainer.precision",
+            "32-true or bf16-mixed (fp16 loss scaling does not fit the K-level steps; 64-true not the float32 data)",
+            precision,
+        )
     strategy = trainer.get("strategy", "auto")
     if isinstance(strategy, str):
         valid = ["auto", *StrategyRegistry.available_strategies()]

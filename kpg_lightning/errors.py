@@ -13,7 +13,8 @@ class ConfigError(ValueError):
 
 
 class NonFiniteError(FloatingPointError):
-    """A loss or gradient that is NaN or infinite; raised before the optimizer step, so parameters stay finite."""
+    """A loss or gradient that is NaN or infinite; raised before the optimizer step (or, in training, the step's
+    updates rolled back), so parameters stay finite."""
 
 
 class CheckpointError(RuntimeError):

@@ -26,7 +26,9 @@ and one backward, not a second actor forward.
 
 from __future__ import annotations
 
+import math
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from torch import Tensor
 from kpg_lightning.errors import NonFiniteError
 
 __all__ = [
+    "FiniteGuard",
     "KLevelStats",
     "LevelAlgorithm",
     "OptimizerSnapshot",
@@ -49,19 +52,75 @@ __all__ = [
     "k_level_step",
     "make_actor_optimizer",
     "shared_graph",
+    "to_floats",
 ]
+
+
+Number = Tensor | float
+
+
+def to_floats(values: Sequence[Number]) -> list[float]:
+    """Python floats of ``values`` (0-dim tensors or floats), each device's tensors read in one transfer."""
+    out: list[float] = [v if not isinstance(v, Tensor) else math.nan for v in values]
+    by_device: dict[torch.device, list[int]] = defaultdict(list)
+    for i, v in enumerate(values):
+        if isinstance(v, Tensor):
+            by_device[v.device].append(i)
+    for indices in by_device.values():
+        read = torch.stack([values[i].detach().reshape(()).to(torch.float64) for i in indices]).tolist()
+        for i, value in zip(indices, read, strict=True):
+            out[i] = value
+    return out
 
 
 @dataclass
 class KLevelStats:
-    """Per-level diagnostics of one K-level update (lists indexed by level - 1)."""
+    """Per-level diagnostics of one K-level update (lists indexed by level - 1).
+
+    The engine records the objective and the distances as tensors on the training device (``pending_*``), so an
+    update never waits for the device; :attr:`objective`, :attr:`level_delta` and :attr:`step_norm` read them on
+    the host on first access, in one transfer (:meth:`StepRecord.materialize` reads a whole step's at once).
+    """
 
     k: int
     levels_run: int = 0
-    objective: list[float] = field(default_factory=list)
-    level_delta: list[float] = field(default_factory=list)  # ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖
-    step_norm: list[float] = field(default_factory=list)  # ‖θ⁽ᵏ⁾ − θ⁽⁰⁾‖
+    pending_objective: list[Number] = field(default_factory=list)
+    pending_delta: list[Number] = field(default_factory=list)  # ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖
+    pending_step: list[Number] = field(default_factory=list)  # ‖θ⁽ᵏ⁾ − θ⁽⁰⁾‖
     level_time_s: list[float] = field(default_factory=list)
+
+    def _pending(self) -> list[list[Number]]:
+        return [self.pending_objective, self.pending_delta, self.pending_step]
+
+    def is_read(self) -> bool:
+        return not any(isinstance(v, Tensor) for values in self._pending() for v in values)
+
+    def read(self, values: list[float] | None = None) -> None:
+        """Replace the pending tensors with Python floats (``values``: already read, in :meth:`_pending` order)."""
+        lists = self._pending()
+        flat = [v for values_ in lists for v in values_]
+        values = to_floats(flat) if values is None else values
+        start = 0
+        for values_ in lists:
+            values_[:] = values[start : start + len(values_)]
+            start += len(values_)
+
+    def _read(self) -> KLevelStats:
+        if not self.is_read():
+            self.read()
+        return self
+
+    @property
+    def objective(self) -> list[float]:
+        return self._read().pending_objective
+
+    @property
+    def level_delta(self) -> list[float]:
+        return self._read().pending_delta
+
+    @property
+    def step_norm(self) -> list[float]:
+        return self._read().pending_step
 
     @property
     def contraction(self) -> list[float]:
@@ -73,11 +132,14 @@ class KLevelStats:
 @dataclass
 class StepRecord:
     """What one training step did, for callbacks to read: wall-clock per phase (``collect``, ``critic``,
-    ``level_<k>``), each K-level update's :class:`KLevelStats`, and the step's mean losses."""
+    ``level_<k>``), each K-level update's :class:`KLevelStats`, and the step's mean losses.
+
+    During the step the updates' numbers stay tensors on the device (``losses`` maps a name to the updates'
+    values); :meth:`materialize`, at the logged step, reads them all in one transfer and averages the losses."""
 
     timing: dict[str, float] = field(default_factory=dict)
     levels: list[KLevelStats] = field(default_factory=list)
-    losses: dict[str, float] = field(default_factory=dict)
+    losses: dict[str, Any] = field(default_factory=dict)
 
     def add_time(self, phase: str, seconds: float) -> None:
         self.timing[phase] = self.timing.get(phase, 0.0) + seconds
@@ -86,6 +148,28 @@ class StepRecord:
         self.levels.append(stats)
         for level, seconds in enumerate(stats.level_time_s, start=1):
             self.add_time(f"level_{level}", seconds)
+
+    def materialize(self) -> None:
+        """Read the step's tensors on the host (one transfer per device) and average each loss over the updates
+        (an update's value with several entries, e.g. one per minibatch, counts as their mean)."""
+        level_values = [[v for values in s._pending() for v in values] for s in self.levels]
+        entries = [(key, i, v) for key, vs in self.losses.items() for i, v in enumerate(vs)]
+        flat, shapes = [v for values in level_values for v in values], []
+        for _, _, v in entries:
+            parts = list(v.detach().reshape(-1).unbind()) if isinstance(v, Tensor) else [v]
+            shapes.append(len(parts))
+            flat.extend(parts)
+        read = to_floats(flat)
+        start = 0
+        for s, values in zip(self.levels, level_values, strict=True):
+            s.read(read[start : start + len(values)])
+            start += len(values)
+        per_update: dict[str, list[float]] = defaultdict(list)
+        for (key, _, _), n in zip(entries, shapes, strict=True):
+            parts = read[start : start + n]
+            per_update[key].append(parts[0] if n == 1 else sum(parts) / n)
+            start += n
+        self.losses = {key: sum(values) / len(values) for key, values in per_update.items()}
 
 
 class OptimizerSnapshot:
@@ -136,9 +220,10 @@ def _params_of(optimizer: torch.optim.Optimizer) -> list[Tensor]:
 
 
 @torch.no_grad()
-def _distance(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
+def _distance(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor | float:
+    """‖a − b‖ over all tensors, on their device (no host read)."""
     diffs = torch._foreach_sub(list(a), list(b))
-    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diffs)))) if diffs else 0.0
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diffs))) if diffs else 0.0
 
 
 def _storage(t: Tensor) -> int | None:
@@ -191,7 +276,8 @@ def k_level_step(
         level_outputs: ``level -> outputs`` of the current parameters, computed without gradients.
         params: the parameters the recursion acts on (default: all of the optimizer's).
         adaptive_tol: stop early once ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖ / ‖θ⁽ᵏ⁾ − θ⁽⁰⁾‖ < tol (``k`` is the cap); the level
-            reached is kept.
+            reached is kept. The only option that reads the device on the host during the update (once per
+            level from level 2): the stop depends on the data. Without it the engine never waits for the device.
         synchronize: called before each timestamp (e.g. ``torch.cuda.synchronize``) for exact level timings.
         on_level: called as ``on_level(level, params)`` right after each level's update, before any restore
             (inspection only: e.g. checking that data-parallel ranks agree at every level).
@@ -219,11 +305,12 @@ def k_level_step(
         current = [p.detach() for p in params]
         delta = _distance(current, previous)
         step = delta if level == 1 else _distance(current, snapshot.values)
-        stats.objective.append(float(objective))
-        stats.level_delta.append(delta)
-        stats.step_norm.append(step)
+        stats.pending_objective.append(objective.detach() if isinstance(objective, Tensor) else float(objective))
+        stats.pending_delta.append(delta)
+        stats.pending_step.append(step)
         stats.levels_run = level
-        converged = adaptive_tol is not None and level > 1 and delta <= adaptive_tol * max(step, 1e-12)
+        # the one host read of the engine, and only where an adaptive stop is asked for: it decides on the data
+        converged = adaptive_tol is not None and level > 1 and float(delta) <= adaptive_tol * max(float(step), 1e-12)
         if level < k and not converged:
             with torch.no_grad():
                 others = level_outputs(level)
@@ -236,6 +323,31 @@ def k_level_step(
     return stats
 
 
+class FiniteGuard:
+    """Finite checks of a training step's updates, kept on the device and read once (:meth:`failure`).
+
+    :func:`gradient_step` given a guard records, per loss name, whether the loss and its gradient norm were finite
+    (one fused flag each, accumulated on the device) and steps regardless; whoever owns the guard reads it once
+    at the logged step and rolls the step's updates back if anything was not finite."""
+
+    def __init__(self) -> None:
+        self.flags: dict[str, Tensor] = {}
+
+    def __call__(self, name: str, finite: Tensor) -> None:
+        previous = self.flags.get(name)
+        self.flags[name] = finite if previous is None else previous & finite
+
+    def failure(self) -> str | None:
+        """One host read: None if every recorded loss and gradient was finite, else what was not (the first)."""
+        if not self.flags:
+            return None
+        names = list(self.flags)
+        flags = torch.stack([self.flags[name].reshape(()) for name in names])
+        if flags.all():
+            return None
+        return next(f"{name} is not finite" for name, ok in zip(names, flags.tolist(), strict=True) if not ok)
+
+
 def gradient_step(
     optimizer: Any,
     loss: Tensor,
@@ -244,12 +356,15 @@ def gradient_step(
     clip_grad_norm: float | None = None,
     params: Sequence[Tensor] | None = None,
     name: str = "loss",
+    finite: FiniteGuard | None = None,
 ) -> Tensor:
     """One ordinary optimizer step on ``loss``: zero grads, backward, optional norm clipping, step.
 
-    Raises :class:`NonFiniteError` naming ``name`` (before stepping) if the loss or the gradient is not finite.
+    Without ``finite``: raises :class:`NonFiniteError` naming ``name`` (before stepping) if the loss or the
+    gradient is not finite (two host reads). With a :class:`FiniteGuard`: no host read; the checks are recorded
+    in the guard, the step is taken, and the guard's owner rolls it back if it was not finite.
     """
-    if not torch.isfinite(loss.detach()).all():
+    if finite is None and not torch.isfinite(loss.detach()).all():
         raise NonFiniteError(f"{name} is not finite ({float(loss.detach().sum())})")
     optimizer.zero_grad(set_to_none=True)
     (backward or Tensor.backward)(loss)
@@ -259,7 +374,10 @@ def gradient_step(
         norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
     else:
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.new_zeros(())
-    if not torch.isfinite(norm):
+    if finite is not None:
+        finite(name, torch.isfinite(loss.detach()).all())
+        finite(f"gradient of {name}", torch.isfinite(norm))
+    elif not torch.isfinite(norm):
         raise NonFiniteError(f"gradient of {name} is not finite")
     optimizer.step()
     return loss.detach()
@@ -313,6 +431,7 @@ def actor_k_level_step(
     adaptive_tol: float | None = None,
     synchronize: Callable[[], None] | None = None,
     on_level: Callable[[int, Sequence[Tensor]], None] | None = None,
+    finite: FiniteGuard | None = None,
 ) -> KLevelStats:
     """One K-level actor update of ``algorithm`` on the batch ``td`` (:func:`k_level_step` with the algorithm's
     ``actor_update`` and ``level_outputs``, each optimizer step a :func:`gradient_step`).
@@ -334,7 +453,13 @@ def actor_k_level_step(
         sync()
     shared_s = time.perf_counter() - start
     step = partial(
-        gradient_step, optimizer, backward=backward, clip_grad_norm=clip_grad_norm, params=params, name="actor loss"
+        gradient_step,
+        optimizer,
+        backward=backward,
+        clip_grad_norm=clip_grad_norm,
+        params=params,
+        name="actor loss",
+        finite=finite,
     )
     stats = k_level_step(
         optimizer,

@@ -29,10 +29,11 @@ from torch.utils.data import DataLoader
 from kpg_lightning.algorithms.base import Algorithm
 from kpg_lightning.checkpointing import capture_rng, restore_rng
 from kpg_lightning.config import KPGConfig
-from kpg_lightning.errors import NonFiniteError
 from kpg_lightning.experience import Experience
 from kpg_lightning.kpg import (
+    FiniteGuard,
     KLevelStats,
+    OptimizerSnapshot,
     StepRecord,
     actor_k_level_step,
     frozen,
@@ -51,8 +52,10 @@ class KPGModule(LightningModule):
         algorithm: networks, losses and level hooks.
         kpg: the recursion's settings (K, actor optimizer, adaptive tolerance, scope).
         experience: where update batches come from; None for a module driven through :meth:`update` directly.
-        on_nonfinite: ``stop`` (checkpoint the last finite state and stop) or ``skip`` (drop the update) when a
-            loss or gradient is NaN/inf.
+        on_nonfinite: ``stop`` (checkpoint the last finite state and stop) or ``skip`` (drop the step's updates)
+            when a loss or gradient is NaN/inf. The check is read once per training step, at its end; a step with a
+            non-finite update is rolled back whole (parameters, targets, buffers, optimizer states), so parameters
+            are finite between steps and checkpoints never see a non-finite one.
         config: the resolved run configuration, kept in checkpoints.
         time_levels: synchronize the device around each timed phase, so that :attr:`record`'s timings are exact
             on a GPU (the K-cost callback reads them).
@@ -81,6 +84,7 @@ class KPGModule(LightningModule):
         self.stopped_by: str | None = None
         self.resume_dir: Path | None = None
         self.record = StepRecord()
+        self.finite = FiniteGuard()
         self.on_level: Callable[[int, Sequence[torch.Tensor]], None] | None = None
 
     @property
@@ -122,34 +126,71 @@ class KPGModule(LightningModule):
         experience.observe(batch)
         self.algorithm.exploration_step(experience.frames)
         self.record.add_time("collect", experience.last_collect_s)
-        losses: dict[str, list[float]] = defaultdict(list)
+        losses: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.finite, rollback = FiniteGuard(), self._snapshot()
+        updates = 0
         for td in experience.updates(batch):
-            try:
-                result = self.update(td)
-            except NonFiniteError as exc:
-                if self.on_nonfinite == "skip":
-                    self.skipped_updates += 1
-                    rank_zero_warn(f"skipped an update at {experience.frames} frames: {exc}")
-                    continue
-                self.stopped_by = f"{exc} at {experience.frames} frames; stopped with finite parameters (checkpointed)"
-                self.trainer.should_stop = True
-                break
-            for key, value in result.items():
+            for key, value in self.update(td).items():
                 losses[key].append(value)
+            updates += 1
+        self.record.losses = dict(losses)
+        failure = self.finite.failure()  # the finite checks of the step's updates: one host read
+        if failure is not None:
+            rollback()  # parameters, targets, buffers and optimizer states as before the step
+            self.record.losses, self.record.levels = {}, []
+            if self.on_nonfinite == "skip":
+                self.skipped_updates += updates
+                rank_zero_warn(f"skipped the {updates} update(s) of the step at {experience.frames} frames: {failure}")
+            else:
+                self.stopped_by = (
+                    f"{failure} at {experience.frames} frames; stopped with finite parameters (checkpointed)"
+                )
+                self.trainer.should_stop = True
         experience.sync_policy()
         if experience.finished:
             self.trainer.should_stop = True
-        self.record.losses = {key: sum(values) / len(values) for key, values in losses.items()}
+        self.record.materialize()  # the step's numbers, read on the host once
         self._log_step()
 
-    def update(self, td: TensorDictBase) -> dict[str, float]:
-        """One update: critic step(s), then the K-level actor step on each actor batch, then targets."""
+    def _snapshot(self) -> Callable[[], None]:
+        """Save the training state (parameters, targets, buffers, optimizer states) in place; returns its restore.
+
+        One copy per training step on the device, no host read: the step's finite check is deferred to its end,
+        and a non-finite step is rolled back from here."""
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list | tuple) else [optimizers]
+        raws = [getattr(opt, "optimizer", opt) for opt in optimizers]
+        snapshots = [OptimizerSnapshot(raw, [p for g in raw.param_groups for p in g["params"]]) for raw in raws]
+        owned = {id(p) for snapshot in snapshots for p in snapshot.params}
+        rest = [t for t in (*self.algorithm.parameters(), *self.algorithm.buffers()) if id(t) not in owned]
+        with torch.no_grad():
+            values = [t.detach().clone() for t in rest]
+        counters = self.train_steps
+
+        @torch.no_grad()
+        def restore() -> None:
+            for snapshot in snapshots:
+                snapshot.restore()
+            for t, value in zip(rest, values, strict=True):
+                t.copy_(value)
+            self.train_steps = counters
+
+        return restore
+
+    def update(self, td: TensorDictBase) -> dict[str, torch.Tensor]:
+        """One update: critic step(s), then the K-level actor step on each actor batch, then targets.
+
+        Nothing here reads the device on the host (unless ``kpg.adaptive_tol`` is set, or ``time_levels`` on a
+        GPU): metrics come back as device tensors, and the finite checks accumulate in :attr:`finite`, read once
+        at the end of the training step."""
         alg, optimizers = self.algorithm, self.optimizers()
         actor_opt, critic_opt = optimizers if alg.has_actor else (None, optimizers)
         critic_params = alg.critic_parameters()
         td = alg.process_batch(td)
         start = time.perf_counter()
-        step = partial(gradient_step, backward=self.manual_backward, clip_grad_norm=alg.cfg.grad_clip)
+        step = partial(
+            gradient_step, backward=self.manual_backward, clip_grad_norm=alg.cfg.grad_clip, finite=self.finite
+        )
         metrics = alg.critic_update(td, partial(step, critic_opt, params=critic_params, name="critic loss"))
         self._sync()
         self.record.add_time("critic", time.perf_counter() - start)
@@ -158,7 +199,7 @@ class KPGModule(LightningModule):
                 for chunk in alg.actor_batches(td, scope=self.kpg.scope):
                     stats = self.k_levels(chunk, actor_opt, alg.actor_parameters())
                     self.record.add_levels(stats)
-            metrics["actor_loss"] = stats.objective[-1]
+            metrics["actor_loss"] = stats.pending_objective[-1]
         alg.update_targets()
         self.train_steps += 1
         return metrics
@@ -176,6 +217,7 @@ class KPGModule(LightningModule):
             adaptive_tol=self.kpg.adaptive_tol,
             synchronize=self._sync if self.time_levels else None,
             on_level=self.on_level,
+            finite=self.finite,
         )
 
     def _sync(self) -> None:

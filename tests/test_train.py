@@ -1,6 +1,7 @@
 """The whole stack end to end: Hydra composition, a tiny real run, resume, and one-line errors."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,15 @@ def test_tiny_run_writes_summary_and_resumes(tmp_path):
     resumed = json.loads((tmp_path / "second" / "summary.json").read_text())
     assert resumed["frames"] == 960 and resumed["train_steps"] == 6 * 2
     assert [h["frames"] for h in resumed["eval_return_history"]] == [0, 320, 640, 960]
+
+
+@needs_vmas
+def test_bf16_mixed_precision_runs_end_to_end(tmp_path):
+    result = run_train(tmp_path / "run", *TINY, "max_frames=320", "trainer.precision=bf16-mixed")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["frames"] == 320 and summary["stopped_by"] is None and summary["skipped_updates"] == 0
+    assert all(math.isfinite(x) for x in (*summary["kpg"]["level_delta_mean"], *summary["kpg"]["objective_mean"]))
 
 
 @pytest.mark.parametrize(

@@ -99,8 +99,8 @@ def sync_targets(
         torch._foreach_lerp_(targets, online, tau)
         return
     updates += 1
-    if int(updates) % interval == 0:
-        torch._foreach_copy_(targets, online)
+    copy = updates % interval == 0  # decided on the device: the counter is never read on the host
+    torch._foreach_copy_(targets, [torch.where(copy, source, target) for target, source in pairs])
 
 
 def gaussian_exploration(low: Tensor, high: Tensor, sigma: float) -> AdditiveGaussianModule:
@@ -189,10 +189,11 @@ class Algorithm(nn.Module):
         raise NotImplementedError
 
     # hook
-    def critic_update(self, td: TensorDictBase, step: Callable[[Tensor], Tensor]) -> dict[str, float]:
-        """The critic step(s) of one update; ``step(loss)`` takes one optimizer step and returns the loss."""
+    def critic_update(self, td: TensorDictBase, step: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+        """The critic step(s) of one update; ``step(loss)`` takes one optimizer step and returns the loss.
+        Metrics stay tensors on the device (the logged step reads them: ``StepRecord.materialize``)."""
         loss, metrics = self.critic_loss(td)
-        return {"critic_loss": float(step(loss)), **{key: float(value) for key, value in metrics.items()}}
+        return {"critic_loss": step(loss), **{key: value.detach() for key, value in metrics.items()}}
 
     # hook
     def live_forward(self, td: TensorDictBase) -> Any:

@@ -49,6 +49,15 @@ LOGP, VALUE, HIDDEN = (GROUP, "action_log_prob"), (GROUP, "state_value"), "rnn_h
 ADV, TARGET = (GROUP, "advantage"), (GROUP, "value_target")
 
 
+class _GAE(MultiAgentGAE):
+    """TorchRL's multi-agent GAE without its NaN-next-observation sanitizer, which reads the data on the host
+    (``if not isnan(next).any()``) every update: our rollouts always carry real next observations (no
+    ``compact_obs`` / ``NextStateReconstructor``), so there is nothing to sanitize."""
+
+    def _sanitize_next_obs_nan(self, data: TensorDictBase, in_keys: Any) -> TensorDictBase:
+        return data
+
+
 class ActorNet(nn.Module):
     """Per-agent distribution parameters: logits (discrete) or ``(loc, scale)`` (continuous)."""
 
@@ -124,7 +133,7 @@ class Mappo(Algorithm):
         self.critic = TensorDictModule(
             ValueNet(info, model, centralized), in_keys=[STATE if centralized else OBS], out_keys=[VALUE]
         )
-        self.gae = MultiAgentGAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda, value_network=self.critic, deactivate_vmap=True)
+        self.gae = _GAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda, value_network=self.critic, deactivate_vmap=True)
         self.gae.set_keys(
             advantage=ADV, value_target=TARGET, value=VALUE, reward=REWARD, done=DONE, terminated=TERMINATED
         )
@@ -193,9 +202,12 @@ class Mappo(Algorithm):
             loss = torch.maximum(loss, (clipped - target).pow(2))
         return self.cfg.value_coef * 0.5 * loss.mean(), {"value_mean": value.mean().detach()}
 
-    def critic_update(self, td: TensorDictBase, step: Callable[[Tensor], Tensor]) -> dict[str, float]:
-        losses = [float(step(self.critic_loss(td[idx])[0])) for idx in self.minibatches(td.shape[0])]
-        return {"critic_loss": sum(losses) / len(losses), "advantage_mean": float(td.get(ADV).mean())}
+    def critic_update(self, td: TensorDictBase, step: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+        losses = torch.stack([step(self.critic_loss(td[idx])[0]) for idx in self.minibatches(td.shape[0])])
+        return {
+            "critic_loss": losses,
+            "advantage_mean": td.get(ADV).mean(),
+        }  # the minibatches' losses: averaged when read
 
     def actor_batches(self, td: TensorDictBase, scope: str = "update") -> list[TensorDictBase]:
         plan = self.minibatches(td.shape[0])
