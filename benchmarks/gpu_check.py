@@ -6,10 +6,12 @@
 Parts (``--parts``, in this order; each is skipped, and recorded as skipped, once ``--budget-s`` is spent):
 
 - ``smoke``: a tiny run of each family (MADDPG/FACMAC on VMAS, FACMAC/COMIX on MaMuJoCo HalfCheetah 2x3,
-  MAPPO/IPPO/QMIX/discrete FACMAC on SMAX 3m): ok or failed with its error line, wall time, frames.
+  MAPPO/IPPO/QMIX/discrete FACMAC on SMAX 3m), ``--jobs`` side by side: ok or failed with its error line, wall
+  time, frames and updates.
 - ``vmas``: K = 1 and K = 2 MADDPG on VMAS ``balance`` with ``throughput.py``'s reference schedule (100 updates of
-  128 per iteration) at 60, 600, 4096 and 16384 environments (100 steps each per iteration): collection frames/s,
-  ms per update, whole-iteration frames/s (medians after the first iteration, from the run's ``metrics.csv``),
+  128 per iteration) at 60, 600, 4096 and 16384 environments (100 steps each per iteration; 3 iterations, 2 from
+  4096 envs): collection frames/s, ms per update, whole-iteration frames/s (medians after the first iteration, from
+  the run's ``metrics.csv``),
   the training process's peak GPU memory (``gpu_memory.py``) and ``nvidia-smi`` utilisation sampled during the
   run; plus the 60-env configuration on the CPU, the baseline of the 20x goal.
 - ``k_overhead``: ``k_overhead.py``'s table (K = 1, 2, 3, 5) on the device for FACMAC HalfCheetah 2x3 and MADDPG
@@ -145,14 +147,22 @@ class Check:
                     result["gpu_util"] = sampler.stop()
         result["wall_s"] = round(time.monotonic() - start, 2)
         summary = run_dir / "summary.json"
-        if rc == 0 and summary.exists():
+        if summary.exists() and rc in (0, None):  # None: timed out after training finished (at exit)
             result["status"] = "ok"
+            if rc is None:
+                result["note"] = f"summary written, then timed out after {timeout_s:.0f} s"
             result["summary"] = {
                 k: v for k, v in json.loads(summary.read_text()).items() if k not in ("kpg", "eval_return_history")
             }
             result["frames"] = result["summary"]["frames"]
         else:
-            result["error"] = f"timed out after {timeout_s:.0f} s" if rc is None else error_line(run_dir / "log.txt")
+            result["error"] = (
+                "interrupted"
+                if self.stopping
+                else f"timed out after {timeout_s:.0f} s"
+                if rc is None
+                else error_line(run_dir / "log.txt")
+            )
             result["log_tail"] = (run_dir / "log.txt").read_text(errors="replace").splitlines()[-20:]
         if memory.exists():
             result["gpu_memory"] = json.loads(memory.read_text())
@@ -174,6 +184,7 @@ def kill(proc: subprocess.Popen) -> None:
 def error_line(log: Path) -> str:
     """The last line of a run's output that names an error (else its last line), at most 300 characters."""
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("💡")]  # Lightning's advertisement
     named = [line for line in lines if "Error" in line or "error" in line or "Exception" in line]
     return (named or lines or ["no output"])[-1][:300]
 
@@ -258,14 +269,14 @@ def smoke(check: Check) -> dict[str, Any]:
             overrides = [*FAMILIES[name], *TINY, "buffer.updates_per_batch=2", *QUIET]
             with check.lock:  # one Hydra composition at a time
                 overrides += check.device_overrides(overrides)
-            result = check.train(f"smoke_{name}", overrides, min(check.run_timeout(), 180))
+            result = check.train(f"smoke_{name}", overrides, min(check.left_s(), 180))
         with check.lock:
             part["runs"][name] = result
             check.save()
         print(f"smoke {name}: {result['status']} {result.get('error', '')}", flush=True)
 
     with ThreadPoolExecutor(max_workers=check.args.jobs) as pool:
-        list(pool.map(one, families))
+        list(pool.map(one, sorted(families, key=lambda n: not n.endswith("_smax"))))  # slowest (JAX) first
     return part
 
 
@@ -367,13 +378,13 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, help=f"VMAS env counts (default: {SIZES})")
     parser.add_argument("--budget-s", type=float, default=450.0, help="total time; later parts are skipped")
     parser.add_argument("--run-timeout-s", type=float, default=150.0, help="longest one training run may take")
-    parser.add_argument("--jobs", type=int, default=None, help="smoke runs side by side (default: 4 on cuda, 1 on cpu)")
+    parser.add_argument("--jobs", type=int, default=None, help="smoke runs side by side (default: 8 on cuda, 1 on cpu)")
     args = parser.parse_args()
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {list(PARTS)}")
-    args.jobs = args.jobs or (4 if args.device == "cuda" else 1)
+    args.jobs = args.jobs or (8 if args.device == "cuda" else 1)
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         check = Check(args, Path(tmp))
 
