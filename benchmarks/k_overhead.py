@@ -34,6 +34,7 @@ SETTINGS: dict[str, list[str]] = {
     # K-MADDPG on VMAS balance (the default run's configuration)
     "maddpg_vmas": ["+experiment=k2_maddpg_vmas_balance"],
 }
+DEFAULT_FRAMES = {"facmac_halfcheetah": 400, "maddpg_vmas": 9000}
 QUIET = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
@@ -44,18 +45,28 @@ QUIET = [
 ]
 
 
+def overrides(setting: str, k: int, frames: int) -> list[str]:
+    """The training overrides of one (setting, K) run."""
+    return [*SETTINGS[setting], f"kpg.k={k}", f"max_frames={frames}", *QUIET]
+
+
+def step_medians(run_dir: Path, warmup: int) -> dict[str, float]:
+    """Median seconds per training step of each phase in a run's ``csv/metrics.csv``, after ``warmup`` steps."""
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("time/step_s")][warmup:]
+    if not rows:
+        raise SystemExit(f"{run_dir.name}: no steps after warm-up; raise --frames")
+    keys = [key for key in rows[0] if key.startswith("time/") and rows[0][key]]
+    return {key[5:-2]: statistics.median(float(r[key]) for r in rows) for key in keys} | {"steps": len(rows)}
+
+
 def measure(setting: str, k: int, frames: int, warmup: int, workdir: Path) -> dict[str, float]:
     """Median seconds per training step of each phase after ``warmup`` steps, for one run."""
     from kpg_lightning.train import train
 
     run_dir = workdir / f"{setting}_k{k}_{time.monotonic_ns()}"
-    train([*SETTINGS[setting], f"kpg.k={k}", f"max_frames={frames}", *QUIET], run_dir)
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("time/step_s")][warmup:]
-    if not rows:
-        raise SystemExit(f"{setting} K={k}: no steps after warm-up; raise --frames")
-    keys = [key for key in rows[0] if key.startswith("time/") and rows[0][key]]
-    return {key[5:-2]: statistics.median(float(r[key]) for r in rows) for key in keys} | {"steps": len(rows)}
+    train(overrides(setting, k, frames), run_dir)
+    return step_medians(run_dir, warmup)
 
 
 def table(results: dict[str, dict[int, list[dict[str, float]]]]) -> str:
@@ -91,13 +102,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="training steps dropped at the start of each run")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
-    default_frames = {"facmac_halfcheetah": 400, "maddpg_vmas": 9000}
     results: dict[str, dict[int, list[dict[str, float]]]] = {s: {k: [] for k in args.ks} for s in args.settings}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for setting in args.settings:
                 for k in args.ks:  # interleaved: K values share the machine's state of the moment
-                    frames = args.frames or default_frames[setting]
+                    frames = args.frames or DEFAULT_FRAMES[setting]
                     results[setting][k].append(measure(setting, k, frames, args.warmup, Path(tmp)))
                     print(f"repeat {repeat} {setting} K={k}: {results[setting][k][-1]['step']:.4f} s/step", flush=True)
     markdown = table(results)

@@ -69,3 +69,44 @@ def test_profile_update_writes_operator_table(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     text = (out / "profile_maddpg_vmas.md").read_text()
     assert "## K = 2" in text and "aten::addmm" in text and "ms per update without the profiler" in text
+
+
+def test_gpu_check_cpu_smoke_writes_goals_and_tables(tmp_path):
+    out = tmp_path / "gpu"
+    result = _run(
+        "gpu_check.py",
+        "--device",
+        "cpu",
+        "--quick",
+        "--parts",
+        "smoke,vmas",
+        "--families",
+        "maddpg_vmas",
+        "--sizes",
+        "4",
+        out=out,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "gpu_check.json").read_text())
+    assert data["status"] == "done" and data["machine"]["device"] == "cpu" and "torch" in data["machine"]
+    assert set(data["goals"]) == {
+        "collect_4096",
+        "collect_16384",
+        "speedup_vs_cpu",
+        "k2_over_k1",
+        "speedup_vs_committed_cpu",
+    }
+    assert data["goals"]["collect_4096"]["met"] is None  # 4096 envs did not run
+    smoke = data["parts"]["smoke"]
+    assert smoke["status"] == "done" and smoke["runs"]["maddpg_vmas"]["status"] == "ok", smoke
+    assert smoke["runs"]["maddpg_vmas"]["frames"] > 0
+    runs = data["parts"]["vmas"]["runs"]
+    assert set(runs) == {"k1_n4", "k2_n4", "cpu_k1_n4"} and all(r["status"] == "ok" for r in runs.values()), runs
+    for run in runs.values():
+        assert run["collect_fps"] > 0 and run["iteration_fps"] > 0 and run["update_ms"] > 0
+        assert run["gpu_memory"] == {"device": "cpu", "max_allocated_mb": None, "max_reserved_mb": None}
+    markdown = (out / "gpu_check.md").read_text()
+    assert (
+        "## Smoke runs" in markdown and "## VMAS balance MADDPG" in markdown and "| k2_n4 | cpu | 4 | 2 |" in markdown
+    )
+    assert "K overhead" not in markdown
