@@ -88,3 +88,13 @@ def test_a_lazy_import_closes_a_cycle(tmp_path: Path, monkeypatch: pytest.Monkey
     (package / "high.py").write_text("from lazy_cycle.low import f\n\n\ndef g():\n    return f\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert _cycles(grimp.build_graph("lazy_cycle", cache_dir=None)) == [["lazy_cycle.high", "lazy_cycle.low"]]
+
+
+def test_no_python_file_over_400_lines():
+    """House style: a file that grows past ~400 lines wants splitting by responsibility."""
+    root = Path(__file__).resolve().parents[1]
+    files = subprocess.run(["git", "ls-files", "*.py"], cwd=root, capture_output=True, text=True).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    long = {f: n for f in files if (n := len((root / f).read_text().splitlines())) > 400}
+    assert not long, f"over 400 lines: {long}"

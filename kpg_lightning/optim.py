@@ -1,0 +1,109 @@
+"""Optimizer steps, the building block of every update: :func:`gradient_step` with its finite checks (raised at
+once, or recorded on the device in a :class:`FiniteGuard` and read once per training step), the actor optimizer of
+the K-level recursion (:func:`make_actor_optimizer`), and :func:`frozen` parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from kpg_lightning.errors import NonFiniteError
+
+__all__ = ["FiniteGuard", "frozen", "gradient_step", "make_actor_optimizer", "params_of", "raw_optimizer"]
+
+
+def raw_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """Unwrap a Lightning ``LightningOptimizer`` to the torch optimizer that owns the state."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def params_of(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+class FiniteGuard:
+    """Finite checks of a training step's updates, kept on the device and read once (:meth:`failure`).
+
+    :func:`gradient_step` given a guard records, per loss name, whether the loss and its gradient norm were finite
+    (one fused flag each, accumulated on the device) and steps regardless; whoever owns the guard reads it once
+    at the logged step and rolls the step's updates back if anything was not finite."""
+
+    def __init__(self) -> None:
+        self.flags: dict[str, Tensor] = {}
+
+    def __call__(self, name: str, finite: Tensor) -> None:
+        previous = self.flags.get(name)
+        self.flags[name] = finite if previous is None else previous & finite
+
+    def failure(self) -> str | None:
+        """One host read: None if every recorded loss and gradient was finite, else what was not (the first)."""
+        if not self.flags:
+            return None
+        names = list(self.flags)
+        flags = torch.stack([self.flags[name].reshape(()) for name in names])
+        if flags.all():
+            return None
+        return next(f"{name} is not finite" for name, ok in zip(names, flags.tolist(), strict=True) if not ok)
+
+
+def gradient_step(
+    optimizer: Any,
+    loss: Tensor,
+    *,
+    backward: Callable[[Tensor], None] | None = None,
+    clip_grad_norm: float | None = None,
+    params: Sequence[Tensor] | None = None,
+    name: str = "loss",
+    finite: FiniteGuard | None = None,
+) -> Tensor:
+    """One ordinary optimizer step on ``loss``: zero grads, backward, optional norm clipping, step.
+
+    Without ``finite``: raises :class:`NonFiniteError` naming ``name`` (before stepping) if the loss or the
+    gradient is not finite (two host reads). With a :class:`FiniteGuard`: no host read; the checks are recorded
+    in the guard, the step is taken, and the guard's owner rolls it back if it was not finite.
+    """
+    if finite is None and not torch.isfinite(loss.detach()).all():
+        raise NonFiniteError(f"{name} is not finite ({float(loss.detach().sum())})")
+    optimizer.zero_grad(set_to_none=True)
+    (backward or Tensor.backward)(loss)
+    params = params if params is not None else params_of(raw_optimizer(optimizer))
+    grads = [p.grad for p in params if p.grad is not None]
+    if clip_grad_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.new_zeros(())
+    if finite is not None:
+        finite(name, torch.isfinite(loss.detach()).all())
+        finite(f"gradient of {name}", torch.isfinite(norm))
+    elif not torch.isfinite(norm):
+        raise NonFiniteError(f"gradient of {name} is not finite")
+    optimizer.step()
+    return loss.detach()
+
+
+def make_actor_optimizer(name: str, k: int, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """``auto``: RMSProp for K > 1 (Adam's momentum carries old gradients across levels), Adam for K = 1.
+
+    Multi-tensor (``foreach``) implementations: one kernel launch per operation over all parameters, and the same
+    numbers as the per-parameter loop."""
+    if name == "auto":
+        name = "rmsprop" if k > 1 else "adam"
+    optimizers = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    return optimizers[name](params, lr=lr, foreach=True)
+
+
+@contextmanager
+def frozen(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Parameters out of the autograd graph for a while (``requires_grad`` restored afterwards)."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
