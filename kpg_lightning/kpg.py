@@ -38,9 +38,17 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor
 
-from kpg_lightning.optim import FiniteGuard, frozen, gradient_step, make_actor_optimizer, params_of, raw_optimizer
+from kpg_lightning.optim import (
+    FiniteGuard,
+    OptimizerSnapshot,
+    frozen,
+    gradient_step,
+    make_actor_optimizer,
+    params_of,
+    raw_optimizer,
+)
 
-# FiniteGuard, frozen, gradient_step and make_actor_optimizer live in kpg_lightning.optim (re-exported here)
+# FiniteGuard, OptimizerSnapshot, frozen, gradient_step, make_actor_optimizer live in kpg_lightning.optim (re-exported)
 __all__ = [
     "FiniteGuard",
     "KLevelStats",
@@ -171,44 +179,6 @@ class StepRecord:
             per_update[key].append(parts[0] if n == 1 else sum(parts) / n)
             start += n
         self.losses = {key: sum(values) / len(values) for key, values in per_update.items()}
-
-
-class OptimizerSnapshot:
-    """Parameters and optimizer state saved in place, restorable without deep copies of modules."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, params: Sequence[Tensor], with_state: bool = True):
-        self.optimizer = optimizer
-        self.params = list(params)
-        with torch.no_grad():
-            self.values = [p.detach().clone() for p in self.params]
-        self.state: dict[Tensor, dict[str, Any] | None] | None = None
-        if with_state:
-            self.state = {}
-            for p in self.params:
-                st = optimizer.state.get(p)
-                self.state[p] = (
-                    None
-                    if not st
-                    else {key: (v.detach().clone() if isinstance(v, Tensor) else v) for key, v in st.items()}
-                )
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        torch._foreach_copy_(self.params, self.values)
-        if self.state is None:
-            return
-        for p, saved in self.state.items():
-            if saved is None:
-                self.optimizer.state.pop(p, None)
-                continue
-            live = self.optimizer.state[p]
-            for key, v in saved.items():
-                if isinstance(v, Tensor) and isinstance(live.get(key), Tensor) and live[key].shape == v.shape:
-                    live[key].copy_(v)
-                else:
-                    live[key] = v.clone() if isinstance(v, Tensor) else v
-            for key in [key for key in live if key not in saved]:
-                del live[key]
 
 
 @torch.no_grad()

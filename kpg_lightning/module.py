@@ -33,7 +33,6 @@ from kpg_lightning.experience import Experience
 from kpg_lightning.kpg import (
     FiniteGuard,
     KLevelStats,
-    OptimizerSnapshot,
     StepRecord,
     actor_k_level_step,
     frozen,
@@ -41,6 +40,7 @@ from kpg_lightning.kpg import (
     make_actor_optimizer,
 )
 from kpg_lightning.metrics import log_at_frames
+from kpg_lightning.optim import training_snapshot
 
 __all__ = ["KPGModule", "frozen", "make_actor_optimizer"]
 
@@ -127,7 +127,9 @@ class KPGModule(LightningModule):
         self.algorithm.exploration_step(experience.frames)
         self.record.add_time("collect", experience.last_collect_s)
         losses: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self.finite, rollback = FiniteGuard(), self._snapshot()
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list | tuple) else [optimizers]
+        self.finite, rollback = FiniteGuard(), training_snapshot(optimizers, self.algorithm)
         updates = 0
         for td in experience.updates(batch):
             for key, value in self.update(td).items():
@@ -137,6 +139,7 @@ class KPGModule(LightningModule):
         failure = self.finite.failure()  # the finite checks of the step's updates: one host read
         if failure is not None:
             rollback()  # parameters, targets, buffers and optimizer states as before the step
+            self.train_steps -= updates
             self.record.losses, self.record.levels = {}, []
             if self.on_nonfinite == "skip":
                 self.skipped_updates += updates
@@ -151,31 +154,6 @@ class KPGModule(LightningModule):
             self.trainer.should_stop = True
         self.record.materialize()  # the step's numbers, read on the host once
         self._log_step()
-
-    def _snapshot(self) -> Callable[[], None]:
-        """Save the training state (parameters, targets, buffers, optimizer states) in place; returns its restore.
-
-        One copy per training step on the device, no host read: the step's finite check is deferred to its end,
-        and a non-finite step is rolled back from here."""
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list | tuple) else [optimizers]
-        raws = [getattr(opt, "optimizer", opt) for opt in optimizers]
-        snapshots = [OptimizerSnapshot(raw, [p for g in raw.param_groups for p in g["params"]]) for raw in raws]
-        owned = {id(p) for snapshot in snapshots for p in snapshot.params}
-        rest = [t for t in (*self.algorithm.parameters(), *self.algorithm.buffers()) if id(t) not in owned]
-        with torch.no_grad():
-            values = [t.detach().clone() for t in rest]
-        counters = self.train_steps
-
-        @torch.no_grad()
-        def restore() -> None:
-            for snapshot in snapshots:
-                snapshot.restore()
-            for t, value in zip(rest, values, strict=True):
-                t.copy_(value)
-            self.train_steps = counters
-
-        return restore
 
     def update(self, td: TensorDictBase) -> dict[str, torch.Tensor]:
         """One update: critic step(s), then the K-level actor step on each actor batch, then targets.

@@ -13,7 +13,16 @@ from torch import Tensor
 
 from kpg_lightning.errors import NonFiniteError
 
-__all__ = ["FiniteGuard", "frozen", "gradient_step", "make_actor_optimizer", "params_of", "raw_optimizer"]
+__all__ = [
+    "FiniteGuard",
+    "OptimizerSnapshot",
+    "frozen",
+    "gradient_step",
+    "make_actor_optimizer",
+    "params_of",
+    "raw_optimizer",
+    "training_snapshot",
+]
 
 
 def raw_optimizer(optimizer: Any) -> torch.optim.Optimizer:
@@ -107,3 +116,62 @@ def frozen(params: list[torch.nn.Parameter]) -> Iterator[None]:
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
+
+
+class OptimizerSnapshot:
+    """Parameters and optimizer state saved in place, restorable without deep copies of modules."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: Sequence[Tensor], with_state: bool = True):
+        self.optimizer = optimizer
+        self.params = list(params)
+        with torch.no_grad():
+            self.values = [p.detach().clone() for p in self.params]
+        self.state: dict[Tensor, dict[str, Any] | None] | None = None
+        if with_state:
+            self.state = {}
+            for p in self.params:
+                st = optimizer.state.get(p)
+                self.state[p] = (
+                    None
+                    if not st
+                    else {key: (v.detach().clone() if isinstance(v, Tensor) else v) for key, v in st.items()}
+                )
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        torch._foreach_copy_(self.params, self.values)
+        if self.state is None:
+            return
+        for p, saved in self.state.items():
+            if saved is None:
+                self.optimizer.state.pop(p, None)
+                continue
+            live = self.optimizer.state[p]
+            for key, v in saved.items():
+                if isinstance(v, Tensor) and isinstance(live.get(key), Tensor) and live[key].shape == v.shape:
+                    live[key].copy_(v)
+                else:
+                    live[key] = v.clone() if isinstance(v, Tensor) else v
+            for key in [key for key in live if key not in saved]:
+                del live[key]
+
+
+def training_snapshot(optimizers: Sequence[Any], module: torch.nn.Module) -> Callable[[], None]:
+    """Save a training step's state in place: every optimizer's parameters and state, and ``module``'s other
+    parameters and buffers (targets, ε, counters); returns its restore. A device copy, no host read: the step's
+    finite check can wait for its end, and a non-finite step is rolled back from here."""
+    raws = [raw_optimizer(opt) for opt in optimizers]
+    snapshots = [OptimizerSnapshot(raw, params_of(raw)) for raw in raws]
+    owned = {id(p) for snapshot in snapshots for p in snapshot.params}
+    rest = [t for t in (*module.parameters(), *module.buffers()) if id(t) not in owned]
+    with torch.no_grad():
+        values = [t.detach().clone() for t in rest]
+
+    @torch.no_grad()
+    def restore() -> None:
+        for snapshot in snapshots:
+            snapshot.restore()
+        if rest:
+            torch._foreach_copy_(rest, values)
+
+    return restore
