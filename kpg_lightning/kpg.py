@@ -246,42 +246,55 @@ def k_level_step(
 
     Returns:
         :class:`KLevelStats` with the objective, ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖, ‖θ⁽ᵏ⁾ − θ⁽⁰⁾‖ and wall-clock per level.
+
+    Raises:
+        whatever a level raises (e.g. :class:`~kpg_lightning.errors.NonFiniteError` in a minibatch of a K-MAPPO
+        level), after restoring the parameters and the optimizer state to what they were before the update: a
+        caller that skips the update finds nothing of it applied.
     """
     if k < 1:
         raise ValueError(f"kpg.k must be >= 1, got {k}")
     raw = raw_optimizer(optimizer)
     params = list(params) if params is not None else params_of(raw)
-    snapshot = OptimizerSnapshot(raw, params, with_state=k > 1)
+    snapshot = OptimizerSnapshot(raw, params)  # with its state also at K = 1: a level that raises is undone
     stats = KLevelStats(k=k)
     previous = snapshot.values
     sync = synchronize or (lambda: None)
 
-    with torch.no_grad():
-        others = level_outputs(0)
-    for level in range(1, k + 1):
-        sync()
-        start = time.perf_counter()
-        objective = level_update(others)
-        if on_level is not None:
-            on_level(level, params)
-        current = [p.detach() for p in params]
-        delta = _distance(current, previous)
-        step = delta if level == 1 else _distance(current, snapshot.values)
-        stats.pending_objective.append(objective.detach() if isinstance(objective, Tensor) else float(objective))
-        stats.pending_delta.append(delta)
-        stats.pending_step.append(step)
-        stats.levels_run = level
-        # the one host read of the engine, and only where an adaptive stop is asked for: it decides on the data
-        converged = adaptive_tol is not None and level > 1 and float(delta) <= adaptive_tol * max(float(step), 1e-12)
-        if level < k and not converged:
-            with torch.no_grad():
-                others = level_outputs(level)
-            previous = [p.detach().clone() for p in params]
-            snapshot.restore()
-        sync()
-        stats.level_time_s.append(time.perf_counter() - start)
-        if converged:
-            break
+    try:
+        with torch.no_grad():
+            others = level_outputs(0)
+        for level in range(1, k + 1):
+            sync()
+            start = time.perf_counter()
+            objective = level_update(others)
+            if on_level is not None:
+                on_level(level, params)
+            current = [p.detach() for p in params]
+            delta = _distance(current, previous)
+            step = delta if level == 1 else _distance(current, snapshot.values)
+            stats.pending_objective.append(objective.detach() if isinstance(objective, Tensor) else float(objective))
+            stats.pending_delta.append(delta)
+            stats.pending_step.append(step)
+            stats.levels_run = level
+            # the one host read of the engine, and only where an adaptive stop is asked for: it decides on the data
+            converged = (
+                adaptive_tol is not None and level > 1 and float(delta) <= adaptive_tol * max(float(step), 1e-12)
+            )
+            if level < k and not converged:
+                with torch.no_grad():
+                    others = level_outputs(level)
+                previous = [p.detach().clone() for p in params]
+                snapshot.restore()
+            sync()
+            stats.level_time_s.append(time.perf_counter() - start)
+            if converged:
+                break
+    except BaseException:
+        # a level that raises (a NonFiniteError in its third minibatch, an interrupt) leaves none of its steps,
+        # nor an earlier level's, applied: parameters and optimizer state are as before the update
+        snapshot.restore()
+        raise
     return stats
 
 
