@@ -4,7 +4,7 @@ from kpg_lightning.callbacks.checkpoint import FrameCheckpoint
 from kpg_lightning.callbacks.evaluation import EvaluationCallback, episode_outcomes
 from kpg_lightning.callbacks.k_cost import KCostCallback
 from kpg_lightning.callbacks.kpg_diagnostics import KPGDiagnostics, mean_level_stats
-from kpg_lightning.callbacks.progress import FramesProgressBar
+from kpg_lightning.callbacks.progress import FramesProgressBar, quiet_known_noise
 
 __all__ = [
     "EvaluationCallback",
@@ -14,4 +14,5 @@ __all__ = [
     "KPGDiagnostics",
     "episode_outcomes",
     "mean_level_stats",
+    "quiet_known_noise",
 ]

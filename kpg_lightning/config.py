@@ -1,8 +1,8 @@
 """Structured configuration: dataclasses in Hydra's ConfigStore, so overrides are type-checked at start.
 
-Group schemas: ``kpg``, ``collector``, ``buffer``, ``eval``, ``checkpoint``, ``model`` here; each algorithm's and
-each environment family's config lives beside its code. :mod:`kpg_lightning.configure` registers them all and
-validates a composed config against the registries; this module is a leaf of schemas only. The
+Group schemas: ``kpg``, ``collector``, ``buffer``, ``eval``, ``checkpoint``, ``progress``, ``model`` here; each
+algorithm's and each environment family's config lives beside its code. :mod:`kpg_lightning.configure` registers them
+all and validates a composed config against the registries; this module is a leaf of schemas only. The
 ``trainer`` group mirrors every argument of Lightning's ``Trainer`` (generated from its signature), so any of them
 can be overridden as ``trainer.<arg>=...``. Sizes derived from the environment are never written back here.
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-__all__ = ["Config", "KPGConfig", "ModelConfig"]
+__all__ = ["Config", "KPGConfig", "ModelConfig", "ProgressConfig"]
 
 ACTOR_OPTIMIZERS = ("auto", "rmsprop", "adam", "sgd")
 KPG_SCOPES = ("update", "step")
@@ -107,6 +107,16 @@ class CheckpointConfig:
     """Complete checkpoints kept (older ones are deleted once a newer one is sealed)."""
 
 
+@dataclass
+class ProgressConfig:
+    """The progress display: a bar in frames on a terminal; where the output is not one (SLURM logs, nohup), a line
+    every ``every_s`` seconds and a last one at the end (``trainer.enable_progress_bar=false``: neither)."""
+
+    every_s: float = 30.0
+    """Seconds between progress lines without a terminal: frames, frames/s, latest training and evaluation return
+    (win rate where the env reports wins), elapsed time and ETA."""
+
+
 _TRAINER_SKIP = {"logger", "callbacks"}  # built from the ``logger`` and ``callbacks`` groups
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -163,5 +173,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     trainer: Any = field(default_factory=TrainerConfig)
+    progress: ProgressConfig = field(default_factory=ProgressConfig)
     callbacks: dict[str, Any] = field(default_factory=dict)
     logger: dict[str, Any] = field(default_factory=dict)
+    """Lightning loggers by name, instantiated from their ``_target_`` (``conf/logger/``: ``default`` TensorBoard + CSV,
+    ``wandb`` offline and ``mlflow`` to a local file store, each with TensorBoard + CSV; ``logger.<name>=null`` drops
+    one)."""

@@ -156,6 +156,7 @@ def validate(cfg: DictConfig) -> None:
         "eval.episodes": cfg.eval.episodes,
         "checkpoint.every_frames": cfg.checkpoint.every_frames,
         "checkpoint.keep_last": cfg.checkpoint.keep_last,
+        "progress.every_s": cfg.progress.every_s,
         "algorithm.actor_lr": cfg.algorithm.actor_lr,
         "algorithm.critic_lr": cfg.algorithm.critic_lr,
     }

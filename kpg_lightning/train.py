@@ -29,6 +29,7 @@ from kpg_lightning.callbacks import (
     FramesProgressBar,
     KCostCallback,
     KPGDiagnostics,
+    quiet_known_noise,
 )
 from kpg_lightning.checkpointing import MODEL, find_checkpoint
 from kpg_lightning.configure import env_device, register_configs, training_device, validate
@@ -126,6 +127,7 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train as configured and return the summary written to ``run_dir/summary.json``."""
     validate(cfg)
+    quiet_known_noise()  # Lightning's advertisements and the stack's known harmless warnings
     checkpoint = resolve_checkpoint(cfg.resume) if cfg.resume else None
     seed_everything(cfg.seed, workers=True)
     sim_device = env_device(cfg)
@@ -203,7 +205,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             FrameCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_frames, cfg.checkpoint.keep_last)
         )
     if cfg.trainer.get("enable_progress_bar") is not False:
-        callbacks.append(FramesProgressBar())
+        callbacks.append(FramesProgressBar(cfg.progress.every_s))
     callbacks += [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     trainer = Trainer(**trainer_kwargs(cfg.trainer), logger=loggers, callbacks=callbacks)

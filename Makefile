@@ -1,0 +1,47 @@
+# Two commands: `make train` trains the default run, `make test` runs the linters and the tests. The first use
+# creates a virtual environment ($(VENV)) with the system python3 and installs torch (pinned, first), then the
+# project with every extra; later uses find it installed (the stamp is newer than pyproject.toml) and start at once.
+#
+#   make train                                  # K2-MADDPG on VMAS balance, CPU (the default run)
+#   make train ARGS="max_frames=6000 kpg.k=3"   # any overrides of `python -m kpg_lightning.train`
+#   make test                                   # ruff, import contracts, then the whole test suite
+#   make test PYTEST_ARGS="tests/test_kpg.py"   # a part of the suite
+#   make install VENV=/tmp/venv                 # only the environment, somewhere else
+
+PYTHON ?= python3
+VENV ?= .venv
+ARGS ?=
+PYTEST_ARGS ?=
+TORCH ?= torch==2.13.0
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test
+.DEFAULT_GOAL := train
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "error: PYTHON=$(PYTHON) is $$($(PYTHON) --version 2>&1); kpg_lightning needs Python >= 3.11" >&2; exit 1; }
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || \
+		{ echo "error: $(PYTHON) cannot create virtual environments; install python3-venv (Debian/Ubuntu)" >&2; exit 1; }
+	@echo "installing into $(VENV) (first use: a few minutes)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)  # first: a looser order pulls a CUDA build of the newest torch
+	$(BIN)/python -m pip install --quiet -e ".[all]"
+	@$(BIN)/python -c "import torch, torchrl, lightning, hydra, vmas; print('torch', torch.__version__, 'torchrl', torchrl.__version__, 'lightning', lightning.__version__)"
+	@touch $@
+
+train: $(STAMP)
+	$(BIN)/python -m kpg_lightning.train $(ARGS)
+
+# pytest's exit code 5 (no test collected) fails too: a suite that ran nothing has not passed
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
+	@rc=0; $(BIN)/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+		if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
