@@ -136,9 +136,9 @@ class FramesProgressBar(TQDMProgressBar):
 
     # -- the bar and the lines ------------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_train_epoch_start(trainer, pl_module)
         if self.lines:
             return
+        super().on_train_epoch_start(trainer, pl_module)
         self.train_progress_bar.reset(total=pl_module.experience.max_frames)
         # a new epoch starts at every checkpoint segment and on resume: the rate counts this epoch's frames only
         self.train_progress_bar.n = self.train_progress_bar.initial = pl_module.frames
