@@ -18,7 +18,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install train test
-.DEFAULT_GOAL := train
+.DEFAULT_GOAL := install  # a bare `make` only installs; training is `make train`
 
 install: $(STAMP)
 
