@@ -355,9 +355,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, help=f"VMAS env counts (default: {SIZES})")
     parser.add_argument("--budget-s", type=float, default=450.0, help="total time; later parts are skipped")
     parser.add_argument("--run-timeout-s", type=float, default=150.0, help="longest one training run may take")
-    parser.add_argument(
-        "--compile", nargs="+", default=["none"], choices=["none", "default", "cudagraphs"], help="update modes"
-    )
+    parser.add_argument("--compile", nargs="+", default=["none"], choices=["none", "default", "cudagraphs"])
     parser.add_argument("--long-frames", type=int, default=50_000, help="steps of the long_run part")
     parser.add_argument("--jobs", type=int, default=None, help="smoke runs side by side (default: 8 on cuda, 1 on cpu)")
     args = parser.parse_args()
