@@ -2,8 +2,11 @@
 
     python benchmarks/gpu_check.py --out benchmarks/results/gpu              # on a CUDA machine, under 8 minutes
     python benchmarks/gpu_check.py --device cpu --quick --parts smoke,vmas   # the CPU smoke test, tiny sizes
+    python benchmarks/gpu_check.py --parts long_run,k_overhead --compile none default cudagraphs --budget-s 540 \
+        --out benchmarks/results/gpu/compiled                                 # issue 16: the compiled update
 
-Parts (``--parts``, in this order; each is skipped, and recorded as skipped, once ``--budget-s`` is spent):
+Parts (``--parts``, default the first three, run in the order given; each is skipped, and recorded as skipped,
+once ``--budget-s`` is spent):
 
 - ``smoke``: a tiny run of each family (MADDPG/FACMAC on VMAS, FACMAC/COMIX on MaMuJoCo HalfCheetah 2x3,
   MAPPO/IPPO/QMIX/discrete FACMAC on SMAX 3m), ``--jobs`` side by side: ok or failed with its error line, wall
@@ -15,7 +18,10 @@ Parts (``--parts``, in this order; each is skipped, and recorded as skipped, onc
   the training process's peak GPU memory (``gpu_memory.py``) and ``nvidia-smi`` utilisation sampled during the
   run; plus the 60-env configuration on the CPU, the baseline of the 20x goal.
 - ``k_overhead``: ``k_overhead.py``'s table (K = 1, 2, 3, 5) on the device for FACMAC HalfCheetah 2x3 and MADDPG
-  on VMAS.
+  on VMAS, eager (``compile=none``); with ``--compile``, also ``default`` (``torch.compile``) and ``cudagraphs`` at
+  K = 1, 2, 5 (the paper's Table 2), interleaved by K, each mode's row next to eager's ("vs eager").
+- ``long_run``: K2-FACMAC HalfCheetah 2x3 (the paper's configuration) for ``--long-frames`` steps (50k) with
+  ``compile=cudagraphs``: median time per training step and per update, and the paper's 2M steps extrapolated.
 
 Every run is its own ``python -m kpg_lightning.train`` subprocess with a timeout; a failing run is recorded with
 its one-line error and the rest still runs. ``gpu_check.json`` and ``gpu_check.md`` are rewritten in ``--out``
@@ -71,6 +77,8 @@ FAMILIES: dict[str, list[str]] = {
 }
 SIZES, QUICK_SIZES = [60, 600, 4096, 16384], [4, 8]
 K_OVERHEAD_KS, QUICK_KS = [1, 2, 3, 5], [1, 2]
+COMPILED_KS = [1, 2, 5]  # the paper's Table 2
+PAPER_STEPS = 2_000_000
 
 
 class Check:
@@ -269,26 +277,37 @@ def vmas(check: Check) -> dict[str, Any]:
 
 
 def k_overhead_part(check: Check) -> dict[str, Any]:
-    """``k_overhead.py``'s runs and table on the device: one repeat per (setting, K), interleaved by K."""
+    """``k_overhead.py``'s runs and table on the device: one repeat per (setting, K, compile mode), interleaved by K
+    (eager at every K of the table, the compiled modes at :data:`COMPILED_KS`)."""
     quick = check.args.quick
     ks = QUICK_KS if quick else K_OVERHEAD_KS
     frames = {"facmac_halfcheetah": 60, "maddpg_vmas": 1200} if quick else k_overhead.DEFAULT_FRAMES
     warmup = 1 if quick else 5
-    part: dict[str, Any] = {"ks": ks, "frames": frames, "warmup": warmup, "runs": {}, "steps": {}}
+    modes = check.args.compile
+    part: dict[str, Any] = {"ks": ks, "frames": frames, "warmup": warmup, "compile": modes, "runs": {}, "steps": {}}
     check.data["parts"]["k_overhead"] = part
     check.save()
-    for k in ks:  # both settings at each K before the next K, so that a spent budget cuts K, not a setting
+    compiled_ks = QUICK_KS if quick else COMPILED_KS
+    plan = [
+        (k, mode)
+        for k in sorted({*ks, *(compiled_ks if modes != ["none"] else [])})
+        for mode in modes
+        if k in (ks if mode == "none" else compiled_ks)
+    ]
+    for k, mode in plan:  # every mode and setting at each K before the next K: a spent budget cuts K, not a setting
         for setting in k_overhead.SETTINGS:
-            name = f"{setting}_k{k}"
+            label = k_overhead.label(setting, mode)
+            name = f"{label}_k{k}"
             if check.left_s() < 20:
                 part["runs"][name] = {"status": "skipped", "error": "time budget spent"}
             else:
-                overrides = k_overhead.overrides(setting, k, frames[setting])
+                overrides = k_overhead.overrides(setting, k, frames[setting], mode)
                 overrides += check.device_overrides(overrides)
-                run = part["runs"][name] = check.train(f"k_{name}", overrides, check.run_timeout())
+                run_name = f"k_{setting}_{mode}_k{k}"
+                run = part["runs"][name] = check.train(run_name, overrides, check.run_timeout())
                 if run["status"] == "ok":
                     try:
-                        part["steps"].setdefault(setting, {})[str(k)] = [
+                        part["steps"].setdefault(label, {})[str(k)] = [
                             k_overhead.step_medians(Path(run["run_dir"]), warmup)
                         ]
                     except (OSError, SystemExit, KeyError, ValueError) as exc:
@@ -298,7 +317,30 @@ def k_overhead_part(check: Check) -> dict[str, Any]:
     return part
 
 
-PARTS = {"smoke": smoke, "vmas": vmas, "k_overhead": k_overhead_part}
+def long_run(check: Check) -> dict[str, Any]:
+    """K2-FACMAC HalfCheetah 2x3 for ``--long-frames`` steps with the last of ``--compile`` (cudagraphs on a GPU):
+    the median time per training step (one env step and one update) and the paper's 2M steps extrapolated."""
+    frames = 2000 if check.args.quick else check.args.long_frames
+    mode = check.args.compile[-1]
+    overrides = k_overhead.overrides("facmac_halfcheetah", 2, frames, mode)
+    overrides = [o for o in overrides if not o.startswith("eval.")] + ["eval.every_frames=0", "eval.episodes=1"]
+    overrides += check.device_overrides(overrides)
+    part: dict[str, Any] = {"frames": frames, "compile": mode}
+    check.data["parts"]["long_run"] = part
+    timeout = max(60.0, check.left_s() - 10)
+    run = part["run"] = check.train(f"long_facmac_{mode}", overrides, timeout)
+    if run["status"] == "ok" or run.get("summary"):
+        try:
+            steps = k_overhead.step_medians(Path(run["run_dir"]), 50)
+            part |= {"step_s": steps["step"], "update_s": steps.get("update"), "steps": steps["steps"]}
+            part["paper_2m_h"] = steps["step"] * PAPER_STEPS / 3600
+        except (OSError, SystemExit, KeyError, ValueError) as exc:
+            part["error"] = f"metrics: {exc}"
+    print(f"long_run: {run['status']} {part.get('step_s')}", flush=True)
+    return part
+
+
+PARTS = {"smoke": smoke, "vmas": vmas, "k_overhead": k_overhead_part, "long_run": long_run}
 
 
 def main() -> None:
@@ -306,11 +348,15 @@ def main() -> None:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "gpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the CPU smoke test)")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument(
+        "--parts", default="smoke,vmas,k_overhead", help=f"comma-separated, in order, of {','.join(PARTS)}"
+    )
     parser.add_argument("--families", nargs="+", choices=list(FAMILIES), help="smoke families (default: all)")
     parser.add_argument("--sizes", nargs="+", type=int, help=f"VMAS env counts (default: {SIZES})")
     parser.add_argument("--budget-s", type=float, default=450.0, help="total time; later parts are skipped")
     parser.add_argument("--run-timeout-s", type=float, default=150.0, help="longest one training run may take")
+    parser.add_argument("--compile", nargs="+", default=["none"], choices=["none", "default", "cudagraphs"])
+    parser.add_argument("--long-frames", type=int, default=50_000, help="steps of the long_run part")
     parser.add_argument("--jobs", type=int, default=None, help="smoke runs side by side (default: 8 on cuda, 1 on cpu)")
     args = parser.parse_args()
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]

@@ -17,7 +17,19 @@ GOALS = {
     "speedup_vs_cpu": "whole iterations >= 20x the CPU 60-env configuration's frames/s (best K=1 size)",
     "k2_over_k1": "K=2 iteration time <= 1.3x K=1's (4096 envs)",
     "speedup_vs_committed_cpu": "the same against the committed 2-core CPU frames/s (results/throughput.json)",
+    "facmac_k2_cudagraphs": "FACMAC HalfCheetah 2x3, cudagraphs: K=2 step time <= 1.15x K=1's (paper: 1.28x)",
+    "facmac_k5_cudagraphs": "FACMAC HalfCheetah 2x3, cudagraphs: K=5 step time <= 1.60x K=1's (paper: 2.06x)",
+    "facmac_k2_update_ms": "K2-FACMAC HalfCheetah update (critic + 2 levels + targets) <= 1 ms (long run)",
+    "facmac_2m_hours": "the paper's 2M-step K2-FACMAC run, extrapolated from the long run, in about an hour",
 }
+
+
+def compiled_ratio(data: dict[str, Any], k: int) -> float | None:
+    """t(K) / t(K=1) of FACMAC HalfCheetah with cudagraphs in the K-overhead part (None: not measured)."""
+    steps = data["parts"].get("k_overhead", {}).get("steps", {}).get("facmac_halfcheetah [cudagraphs]", {})
+    if "1" not in steps or str(k) not in steps:
+        return None
+    return steps[str(k)][0]["step"] / steps["1"][0]["step"]
 
 
 def committed_cpu_fps() -> float | None:
@@ -49,6 +61,13 @@ def goals(data: dict[str, Any]) -> dict[str, Any]:
             20.0,
             ">=",
         ),
+    }
+    long = data["parts"].get("long_run", {})
+    measured |= {
+        "facmac_k2_cudagraphs": (compiled_ratio(data, 2), 1.15, "<="),
+        "facmac_k5_cudagraphs": (compiled_ratio(data, 5), 1.60, "<="),
+        "facmac_k2_update_ms": (1000 * long["update_s"] if long.get("update_s") else None, 1.0, "<="),
+        "facmac_2m_hours": (long.get("paper_2m_h"), 1.0, "<="),
     }
     out = {}
     for key, (got, target, op) in measured.items():
@@ -129,6 +148,18 @@ def report(data: dict[str, Any]) -> str:
             lines.append(f"(table failed: {exc})")
         failed = [f"{n}: {r['status']} {r.get('error', '')}" for n, r in p["runs"].items() if r["status"] != "ok"]
         lines += ["", *(f"- {line}" for line in failed)] if failed else []
+    if "long_run" in parts:
+        p, run = parts["long_run"], parts["long_run"].get("run", {})
+        lines += [
+            "",
+            f"## Long run: K2-FACMAC HalfCheetah 2x3, {p.get('frames')} steps, compile={p.get('compile')}",
+            "",
+            "| status | s/step | s/update | steps measured | 2M steps (h) | wall s |",
+            "|---|---|---|---|---|---|",
+            f"| {run.get('status')} {run.get('error', '')} | {fmt(p.get('step_s'), '.5f')} | "
+            f"{fmt(p.get('update_s'), '.5f')} | {fmt(p.get('steps'))} | {fmt(p.get('paper_2m_h'), '.2f')} | "
+            f"{fmt(run.get('wall_s'), '.1f')} |",
+        ]
     skipped = [name for name, part in parts.items() if part.get("status") == "skipped"]
     if skipped:
         lines += ["", f"Skipped parts (time budget): {', '.join(skipped)}."]

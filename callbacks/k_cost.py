@@ -17,7 +17,8 @@ class KCostCallback(Callback):
     """Logs ``time/<phase>_s`` per training step and summarises the means at the end (the paper's Table 2, live).
 
     Phases: ``collect`` (environment frames), ``critic`` (critic/mixer steps), ``level_k`` (the k-th actor level,
-    including the outputs it hands the next level) and ``rest`` (replay, targets, logging, weight sync).
+    including the outputs it hands the next level) and ``rest`` (replay, targets, logging, weight sync); a compiled
+    update (``compile=default|cudagraphs``) is one ``update`` phase instead of ``critic`` and the levels.
     Reads the module's per-step record (on a GPU the module synchronizes around each phase: ``time_levels``).
     """
 
@@ -49,7 +50,7 @@ class KCostCallback(Callback):
         levels = sorted((k for k in means if k.startswith("level_")), key=lambda k: int(k.split("_")[1]))
         return {
             "time_per_step_s": means["step"],
-            "phases_s": {k: means[k] for k in ("collect", "critic", *levels, "rest") if k in means},
+            "phases_s": {k: means[k] for k in ("collect", "critic", *levels, "update", "rest") if k in means},
             "level_share": {k: means[k] / means["step"] for k in levels},
             "steps": self.steps,
         }

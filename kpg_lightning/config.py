@@ -23,6 +23,7 @@ __all__ = ["Config", "KPGConfig", "ModelConfig", "ProgressConfig"]
 
 ACTOR_OPTIMIZERS = ("auto", "rmsprop", "adam", "sgd")
 KPG_SCOPES = ("update", "step")
+COMPILE_MODES = ("none", "default", "cudagraphs")
 
 
 @dataclass
@@ -164,6 +165,10 @@ class Config:
     """Run directory or checkpoint path to continue from."""
     on_nonfinite: str = "stop"
     """stop (checkpoint the last finite state and stop) or skip (drop the update) on a NaN/inf loss or gradient."""
+    compile: str = "none"
+    """How each update (critic step, K-level actor step, targets) runs: none (eager, per-level timings), default
+    (``torch.compile``) or cudagraphs (``torch.compile`` captured in a CUDA graph by tensordict's ``CudaGraphModule``:
+    CUDA only). Compiled updates time as one ``update`` phase; ``kpg.adaptive_tol`` needs none."""
     algorithm: Any = MISSING
     env: Any = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from kpg_lightning.algorithms import ALGORITHMS
-from kpg_lightning.config import ACTOR_OPTIMIZERS, KPG_SCOPES, Config
+from kpg_lightning.config import ACTOR_OPTIMIZERS, COMPILE_MODES, KPG_SCOPES, Config
 from kpg_lightning.envs.registry import ENV_FAMILIES, env_family
 from kpg_lightning.errors import ConfigError
 from kpg_lightning.models import ACTIVATIONS
@@ -86,6 +86,31 @@ def _check_trainer(cfg: DictConfig) -> None:
     if isinstance(strategy, str):
         valid = ["auto", *StrategyRegistry.available_strategies()]
         _check(strategy in valid, "trainer.strategy", f"one of {', '.join(valid)}", strategy)
+
+
+def _check_compile(cfg: DictConfig) -> None:
+    """``compile``: one of :data:`COMPILE_MODES`; what a compiled update cannot hold is refused, never dropped."""
+    mode = cfg.get("compile", "none")
+    _check(mode in COMPILE_MODES, "compile", f"one of {', '.join(COMPILE_MODES)}", mode)
+    if mode == "none":
+        return
+    _check(
+        cfg.kpg.adaptive_tol is None,
+        "kpg.adaptive_tol",
+        f"null with compile={mode} (its data-dependent early stop cannot be compiled; compile=none allows it)",
+        cfg.kpg.adaptive_tol,
+    )
+    if mode == "cudagraphs":
+        device = training_device(cfg.trainer)
+        _check(device.type == "cuda", "compile", "none or default without a CUDA training device", mode)
+        devices, strategy = cfg.trainer.get("devices", "auto"), str(cfg.trainer.get("strategy", "auto"))
+        single = devices in (1, "1", [device.index]) or (devices == "auto" and torch.cuda.device_count() == 1)
+        _check(
+            single and "ddp" not in strategy and int(cfg.trainer.get("num_nodes", 1)) == 1,
+            "compile",
+            "none or default with more than one device (a captured update does not all-reduce)",
+            mode,
+        )
 
 
 DEVICE_VALUES = "auto, cpu, cuda or cuda:N"
@@ -216,6 +241,7 @@ def validate(cfg: DictConfig) -> None:
         )
     _check_model(cfg)
     _check_trainer(cfg)
+    _check_compile(cfg)
     _device(
         "env.device", cfg.env.get("device", "auto"), family.gpu, f"for {family.name} (its simulator runs on the CPU)"
     )

@@ -22,12 +22,13 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from kpg_lightning.algorithms.base import Algorithm
 from kpg_lightning.checkpointing import capture_rng, restore_rng
+from kpg_lightning.compiled import Update, compile_update
 from kpg_lightning.config import KPGConfig
 from kpg_lightning.experience import Experience
 from kpg_lightning.kpg import (
@@ -40,7 +41,7 @@ from kpg_lightning.kpg import (
     make_actor_optimizer,
 )
 from kpg_lightning.metrics import log_at_frames
-from kpg_lightning.optim import training_snapshot
+from kpg_lightning.optim import optimizer_options, raw_optimizer, training_snapshot
 
 __all__ = ["KPGModule", "frozen", "make_actor_optimizer"]
 
@@ -59,6 +60,7 @@ class KPGModule(LightningModule):
         config: the resolved run configuration, kept in checkpoints.
         time_levels: synchronize the device around each timed phase, so that :attr:`record`'s timings are exact
             on a GPU (the K-cost callback reads them).
+        compile: ``none``, ``default`` or ``cudagraphs``: how :meth:`update_step` runs (:mod:`kpg_lightning.compiled`).
 
     After each training step, :attr:`record` says what it did. ``on_level(level, params)``, if set, is called
     right after every K level's update, before any restore (inspection only).
@@ -73,11 +75,14 @@ class KPGModule(LightningModule):
         on_nonfinite: str = "stop",
         config: dict[str, Any] | None = None,
         time_levels: bool = True,
+        compile: str = "none",
     ):
         super().__init__()
         self.automatic_optimization = False
         self.algorithm, self.kpg, self.experience = algorithm, kpg, experience
-        self.on_nonfinite, self.time_levels = on_nonfinite, time_levels
+        self.on_nonfinite, self.time_levels, self.compile = on_nonfinite, time_levels, compile
+        self._update: Update | None = None  # update_step as ``compile`` runs it, built on first use
+        self._level_times: list[list[float]] = []
         self.save_hyperparameters({"config": config or {}})
         self.train_steps = 0
         self.skipped_updates = 0
@@ -104,12 +109,12 @@ class KPGModule(LightningModule):
 
     # -- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        alg = self.algorithm
-        optimizers = [torch.optim.Adam(alg.critic_parameters(), lr=alg.cfg.critic_lr, foreach=True)]
+        alg, compiled = self.algorithm, self.compile != "none"
+        critic = alg.critic_parameters()
+        optimizers = [torch.optim.Adam(critic, **optimizer_options(alg.cfg.critic_lr, critic, compiled))]
         if alg.has_actor:
-            optimizers.insert(
-                0, make_actor_optimizer(self.kpg.actor_optimizer, self.kpg.k, alg.actor_parameters(), alg.cfg.actor_lr)
-            )
+            actor, lr = alg.actor_parameters(), alg.cfg.actor_lr
+            optimizers.insert(0, make_actor_optimizer(self.kpg.actor_optimizer, self.kpg.k, actor, lr, compiled))
         if self.experience is None:
             return optimizers
         # every learning rate follows the algorithm's schedule over the budget (progress before the step's batch)
@@ -156,46 +161,97 @@ class KPGModule(LightningModule):
         self._log_step()
 
     def update(self, td: TensorDictBase) -> dict[str, torch.Tensor]:
-        """One update: critic step(s), then the K-level actor step on each actor batch, then targets.
+        """One update: the batch prepared (with every random draw of the update), then :meth:`update_step` as
+        ``compile`` runs it (:func:`kpg_lightning.compiled.compile_update`), then its numbers into :attr:`record`,
+        its finite checks into :attr:`finite`.
 
         Nothing here reads the device on the host (unless ``kpg.adaptive_tol`` is set, or ``time_levels`` on a
         GPU): metrics come back as device tensors, and the finite checks accumulate in :attr:`finite`, read once
-        at the end of the training step."""
-        alg, optimizers = self.algorithm, self.optimizers()
+        at the end of the training step. Eager updates time the critic and every level; a compiled one is timed
+        whole, as the ``update`` phase (its levels run inside one compiled graph)."""
+        td = self.algorithm.process_batch(td)
+        if self._update is None:
+            self._update = compile_update(self.update_step, self.compile)
+        self._level_times = []
+        start = time.perf_counter()
+        out = self._update(td)
+        if self.compile != "none":
+            self._sync()
+            self.record.add_time("update", time.perf_counter() - start)
+        for name, flag in out["finite"].items():
+            self.finite(name, flag)
+        levels = out["levels"]
+        for i in range(len(levels.keys())):
+            level = levels[str(i)]
+            self.record.add_levels(
+                KLevelStats(
+                    k=self.kpg.k,
+                    levels_run=level["objective"].shape[0],
+                    pending_objective=list(level["objective"].unbind()),
+                    pending_delta=list(level["delta"].unbind()),
+                    pending_step=list(level["step"].unbind()),
+                    level_time_s=self._level_times[i] if self._level_times else [],
+                )
+            )
+        self.train_steps += 1
+        return dict(out["metrics"].items())
+
+    def update_step(self, td: TensorDictBase) -> TensorDict:
+        """The update itself, on a prepared batch: critic step(s), the K-level actor step on each actor batch,
+        targets. Returns its numbers as a tensordict of detached device tensors (``metrics``; ``levels``: each
+        K-level step's objective, ‖θ⁽ᵏ⁾ − θ⁽ᵏ⁻¹⁾‖ and ‖θ⁽ᵏ⁾ − θ‖ per level; ``finite``: the finite checks), so that
+        a compiled or captured replay hands back everything (:mod:`kpg_lightning.compiled`)."""
+        alg, eager = self.algorithm, self.compile == "none"
+        optimizers, backward = self.optimizers(), self.manual_backward
+        if self.compile == "cudagraphs":  # a replay runs no Lightning hook or counter: the torch objects themselves
+            optimizers, backward = [raw_optimizer(opt) for opt in optimizers], torch.Tensor.backward
         actor_opt, critic_opt = optimizers if alg.has_actor else (None, optimizers)
         critic_params = alg.critic_parameters()
-        td = alg.process_batch(td)
+        finite = FiniteGuard()
         start = time.perf_counter()
-        step = partial(
-            gradient_step, backward=self.manual_backward, clip_grad_norm=alg.cfg.grad_clip, finite=self.finite
-        )
+        step = partial(gradient_step, backward=backward, clip_grad_norm=alg.cfg.grad_clip, finite=finite)
         metrics = alg.critic_update(td, partial(step, critic_opt, params=critic_params, name="critic loss"))
-        self._sync()
-        self.record.add_time("critic", time.perf_counter() - start)
+        if eager:
+            self._sync()
+            self.record.add_time("critic", time.perf_counter() - start)
+        levels = {}
         if actor_opt is not None:
             with frozen(critic_params):  # the actor levels need no critic/mixer gradients
                 for chunk in alg.actor_batches(td, scope=self.kpg.scope):
-                    stats = self.k_levels(chunk, actor_opt, alg.actor_parameters())
-                    self.record.add_levels(stats)
+                    stats = self.k_levels(chunk, actor_opt, alg.actor_parameters(), finite, backward)
+                    levels[str(len(levels))] = {
+                        key: torch.stack([torch.as_tensor(v) for v in values])
+                        for key, values in zip(("objective", "delta", "step"), stats._pending(), strict=True)
+                    }
+                    if eager:
+                        self._level_times.append(stats.level_time_s)
             metrics["actor_loss"] = stats.pending_objective[-1]
         alg.update_targets()
-        self.train_steps += 1
-        return metrics
+        return TensorDict({"metrics": metrics, "levels": levels, "finite": finite.flags}, batch_size=[]).detach()
 
-    def k_levels(self, td: TensorDictBase, actor_opt: Any, actor_params: list[torch.nn.Parameter]) -> KLevelStats:
-        """One K-level actor update on ``td`` (:func:`kpg_lightning.kpg.actor_k_level_step`)."""
+    def k_levels(
+        self,
+        td: TensorDictBase,
+        actor_opt: Any,
+        actor_params: list[torch.nn.Parameter],
+        finite: FiniteGuard | None = None,
+        backward: Callable[..., None] | None = None,
+    ) -> KLevelStats:
+        """One K-level actor update on ``td`` (:func:`kpg_lightning.kpg.actor_k_level_step`); eager updates time
+        every level (synchronizing the device around each where ``time_levels``)."""
+        timed = self.time_levels and self.compile == "none"
         return actor_k_level_step(
             self.algorithm,
             td,
             actor_opt,
             self.kpg.k,
             params=actor_params,
-            backward=self.manual_backward,
+            backward=backward or self.manual_backward,
             clip_grad_norm=self.algorithm.cfg.grad_clip,
             adaptive_tol=self.kpg.adaptive_tol,
-            synchronize=self._sync if self.time_levels else None,
+            synchronize=self._sync if timed else None,
             on_level=self.on_level,
-            finite=self.finite,
+            finite=finite if finite is not None else self.finite,
         )
 
     def _sync(self) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "frozen",
     "gradient_step",
     "make_actor_optimizer",
+    "optimizer_options",
     "params_of",
     "raw_optimizer",
     "training_snapshot",
@@ -94,15 +95,30 @@ def gradient_step(
     return loss.detach()
 
 
-def make_actor_optimizer(name: str, k: int, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def make_actor_optimizer(
+    name: str, k: int, params: list[torch.nn.Parameter], lr: float, compiled: bool = False
+) -> torch.optim.Optimizer:
     """``auto``: RMSProp for K > 1 (Adam's momentum carries old gradients across levels), Adam for K = 1.
 
     Multi-tensor (``foreach``) implementations: one kernel launch per operation over all parameters, and the same
-    numbers as the per-parameter loop."""
+    numbers as the per-parameter loop (options of a compiled update: :func:`optimizer_options`)."""
     if name == "auto":
         name = "rmsprop" if k > 1 else "adam"
     optimizers = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-    return optimizers[name](params, lr=lr, foreach=True)
+    return optimizers[name](params, **optimizer_options(lr, params, compiled))
+
+
+def optimizer_options(lr: float, params: Sequence[Tensor], compiled: bool) -> dict[str, Any]:
+    """Keyword arguments of an optimizer over ``params``. Eager: ``foreach``, a float ``lr``. In a compiled update
+    (``compile=default|cudagraphs``, as TorchRL's reference scripts do): ``lr`` a tensor, which a schedule updates in
+    place, so changing it neither recompiles nor leaves a captured graph with the old value; on CUDA ``capturable``
+    (step counters on the device, which CUDA graphs need); on the CPU the per-parameter loop (Adam takes a tensor
+    ``lr`` with ``foreach`` only when capturable, which the CPU is not)."""
+    if not compiled:
+        return {"lr": lr, "foreach": True}
+    device = next(iter(params)).device if params else torch.device("cpu")
+    cuda = device.type == "cuda"
+    return {"lr": torch.tensor(lr, device=device if cuda else "cpu"), "foreach": cuda, "capturable": cuda}
 
 
 @contextmanager

@@ -188,6 +188,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         OmegaConf.to_object(cfg.kpg),
         experience,
         on_nonfinite=cfg.on_nonfinite,
+        compile=cfg.compile,
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     module.resume_dir = checkpoint

@@ -95,6 +95,10 @@ def test_gpu_check_cpu_smoke_writes_goals_and_tables(tmp_path):
         "speedup_vs_cpu",
         "k2_over_k1",
         "speedup_vs_committed_cpu",
+        "facmac_k2_cudagraphs",
+        "facmac_k5_cudagraphs",
+        "facmac_k2_update_ms",
+        "facmac_2m_hours",
     }
     assert data["goals"]["collect_4096"]["met"] is None  # 4096 envs did not run
     smoke = data["parts"]["smoke"]

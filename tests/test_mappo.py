@@ -80,7 +80,8 @@ def plain_mappo_update(alg: Mappo, td: TensorDict) -> list[torch.optim.Optimizer
     cfg, eps = alg.cfg, alg.cfg.clip_epsilon
     actor_opt = torch.optim.Adam(alg.actor_parameters(), lr=cfg.actor_lr)
     critic_opt = torch.optim.Adam(alg.critic_parameters(), lr=cfg.critic_lr)
-    td = alg.process_batch(td)
+    with torch.random.fork_rng():  # the minibatch plans it draws are the ones drawn below, in the same order
+        td = alg.process_batch(td)
 
     def step(opt, loss, params):
         opt.zero_grad(set_to_none=True)

@@ -47,6 +47,7 @@ __all__ = ["IppoConfig", "Mappo", "MappoConfig"]
 
 LOGP, VALUE, HIDDEN = (GROUP, "action_log_prob"), (GROUP, "state_value"), "rnn_hidden"  # hidden: [envs, N, H]
 ADV, TARGET = (GROUP, "advantage"), (GROUP, "value_target")
+PLANS = ("critic", "actor")  # the minibatch plans of one update (process_batch)
 
 
 class _GAE(MultiAgentGAE):
@@ -177,22 +178,24 @@ class Mappo(Algorithm):
     def process_batch(self, td: TensorDictBase) -> TensorDictBase:
         """GAE advantages and value targets of the rollout under the critic before this update; a single env's
         rollout ``[T]`` becomes ``[1, T]``. A centralized critic reads ``state`` (:func:`global_state`), written into
-        the rollout now and next where the env has none."""
+        the rollout now and next where the env has none. The update's minibatch plans are drawn here, before the
+        update (:meth:`minibatches`), so that a compiled or captured update replays fresh ones."""
         if self.cfg.centralized_critic:
             for sample in (td, td.get("next")):
                 sample.set(STATE, global_state(sample))
         with torch.no_grad():
-            return self.gae(td.unsqueeze(0) if td.ndim == 1 else td)
+            td = self.gae(td.unsqueeze(0) if td.ndim == 1 else td)
+        envs, steps = td.shape[:2]
+        for which in PLANS:  # the critic's, then the actor's: a fresh permutation of the envs per epoch each
+            perms = torch.stack([torch.randperm(envs) for _ in range(self.cfg.epochs)], dim=-1).to(td.device)
+            td.set(("plan", which), perms.unsqueeze(1).expand(envs, steps, self.cfg.epochs))
+        return td
 
-    def minibatches(self, n_envs: int) -> list[Tensor]:
-        """Env indices of every minibatch of every epoch (a fresh permutation per epoch; at most one per env)."""
-        cfg = self.cfg
-        return [
-            idx
-            for _ in range(cfg.epochs)
-            for idx in torch.randperm(n_envs).tensor_split(cfg.minibatches)
-            if idx.numel()
-        ]
+    def minibatches(self, td: TensorDictBase, which: str) -> list[Tensor]:
+        """Env indices of every minibatch of every epoch (at most one per env), from the ``which`` plan that
+        :meth:`process_batch` drew: each epoch's permutation of the envs split into ``minibatches``."""
+        perms = td.get(("plan", which))[:, 0]  # [envs, epochs]
+        return [idx for perm in perms.unbind(-1) for idx in perm.tensor_split(self.cfg.minibatches) if idx.numel()]
 
     def critic_loss(self, td: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         value, old, target = self.critic.module(td.get(self.critic.in_keys[0])), td.get(VALUE), td.get(TARGET)
@@ -203,14 +206,14 @@ class Mappo(Algorithm):
         return self.cfg.value_coef * 0.5 * loss.mean(), {"value_mean": value.mean().detach()}
 
     def critic_update(self, td: TensorDictBase, step: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
-        losses = torch.stack([step(self.critic_loss(td[idx])[0]) for idx in self.minibatches(td.shape[0])])
+        losses = torch.stack([step(self.critic_loss(td[idx])[0]) for idx in self.minibatches(td, "critic")])
         return {
             "critic_loss": losses,
             "advantage_mean": td.get(ADV).mean(),
         }  # the minibatches' losses: averaged when read
 
     def actor_batches(self, td: TensorDictBase, scope: str = "update") -> list[TensorDictBase]:
-        plan = self.minibatches(td.shape[0])
+        plan = self.minibatches(td, "actor")
         if scope == "step":
             self._plan = None
             return [td[idx] for idx in plan]
