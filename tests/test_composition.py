@@ -25,13 +25,15 @@ RENAMED = {"epsilon_frames": "epsilon_anneal_frames", "hypernet_hidden": "mixer_
 # Settings added after the fixtures were captured, with their defaults (which keep what runs where as before on a
 # CPU machine): where the simulator runs and where replay is stored (``auto``: the training device when possible).
 ADDED = {("env", "device"): "auto", ("buffer", "device"): "auto"}
+ADDED_TOP = {"compile": "none", "progress": {"every_s": 30.0}}
+"""Keys added since the fixtures were captured, with their defaults: in a group, and at the root."""
 
 
 def _renamed(config: dict) -> dict:
     config = {**config, "algorithm": {RENAMED.get(key, key): value for key, value in config["algorithm"].items()}}
     for (group, key), value in ADDED.items():
         config[group] = dict(sorted({**config[group], key: value}.items()))
-    return config
+    return dict(sorted({**config, **ADDED_TOP}.items()))
 
 
 BEFORE = {
