@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -15,7 +17,7 @@ from lightning.pytorch.callbacks import Checkpoint
 
 from kpg_lightning.checkpointing import MODEL, assert_finite, seal
 
-__all__ = ["FrameCheckpoint"]
+__all__ = ["FrameCheckpoint", "sigusr1_as_sigterm"]
 
 
 class FrameCheckpoint(Checkpoint):
@@ -28,11 +30,9 @@ class FrameCheckpoint(Checkpoint):
     Parameters that are not finite are never written (the module raises first).
 
     Preemption: Lightning's signal connector turns SIGTERM into ``trainer.received_sigterm``, checked after each
-    training batch (it then raises ``SIGTERMException``). SIGUSR1 (SLURM's ``--signal``) is handled the same way: it
-    is re-raised as SIGTERM, and installing that handler before Lightning registers its own keeps Lightning's SLURM
-    auto-requeue handler (which would write an ``hpc_ckpt_*.ckpt`` without the replay, from inside the update) out.
-    At the end of the batch the signal arrived in, a checkpoint at the frame count reached is written (the batch
-    Lightning has already fetched ahead goes with it, see :meth:`Experience.save_replay`) and the trainer stops;
+    training batch (it then raises ``SIGTERMException``); under :func:`sigusr1_as_sigterm`, SIGUSR1 too. At the end
+    of the batch the signal arrived in, a checkpoint at the frame count reached is written (the batch Lightning has
+    already fetched ahead goes with it, see :meth:`Experience.save_replay`) and the trainer stops;
     :attr:`preempted_at` says at how many frames.
     """
 
@@ -41,7 +41,6 @@ class FrameCheckpoint(Checkpoint):
         self.every_frames, self.keep_last = every_frames, keep_last
         self.last_saved_frames = 0
         self.preempted_at: int | None = None
-        self._previous_sigusr1: Any = None
 
     @property
     def last_path(self) -> Path:
@@ -74,18 +73,6 @@ class FrameCheckpoint(Checkpoint):
         trainer.strategy.barrier("frame_checkpoint_done")
 
     # -- preemption -------------------------------------------------------------------------------------------
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if hasattr(signal, "SIGUSR1"):
-            try:
-                self._previous_sigusr1 = signal.signal(signal.SIGUSR1, _as_sigterm)
-            except ValueError:  # not the main thread: Lightning installs no handlers there either
-                self._previous_sigusr1 = None
-
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self._previous_sigusr1 is not None:
-            signal.signal(signal.SIGUSR1, self._previous_sigusr1)
-            self._previous_sigusr1 = None
-
     @staticmethod
     def signalled(trainer: Trainer) -> bool:
         """Whether any rank received SIGTERM/SIGUSR1 (one collective under data parallelism)."""
@@ -116,5 +103,24 @@ class FrameCheckpoint(Checkpoint):
 
 
 def _as_sigterm(signum: int, frame: FrameType | None) -> None:
-    """SIGUSR1 → SIGTERM: Lightning's SIGTERM handling (and, under DDP, its forwarding to the other ranks) applies."""
     signal.raise_signal(signal.SIGTERM)
+
+
+@contextmanager
+def sigusr1_as_sigterm() -> Iterator[None]:
+    """Within it SIGUSR1 (SLURM's ``--signal=SIGUSR1@<s>``) is re-raised as SIGTERM, so that Lightning's SIGTERM
+    handling (and, under DDP, its forwarding to the other ranks) applies to it. Entered before ``Trainer.fit``, it
+    also keeps Lightning's SLURM auto-requeue handler out (Lightning installs it only where SIGUSR1 has none): that
+    handler would write an ``hpc_ckpt_*.ckpt`` without the replay, from inside the update, and requeue by itself."""
+    if not hasattr(signal, "SIGUSR1"):
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGUSR1, _as_sigterm)
+    except ValueError:  # not the main thread: Lightning installs no handlers there either
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

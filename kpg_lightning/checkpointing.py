@@ -231,10 +231,12 @@ RESUME_MAY_CHANGE = (
     "trainer.profiler",
     "kpg.log_every_n_steps",
     "logger",
+    "callbacks",
 )
 """Keys (and groups: ``logger`` covers ``logger.*``) that may differ between a checkpoint's configuration and the
-run resuming it: budgets, cadences, where it runs, logging and progress. Anything else (model, algorithm,
-environment, K, seed, replay, collection, ...) changes what is trained, and resuming with it is refused."""
+run resuming it: budgets, cadences, where it runs, logging, progress and extra (observing) callbacks. Anything else
+(model, algorithm, environment, K, seed, replay, collection, precision, ...) changes what is trained, and resuming
+with it is refused."""
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

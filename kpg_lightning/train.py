@@ -31,6 +31,7 @@ from kpg_lightning.callbacks import (
     KCostCallback,
     KPGDiagnostics,
     quiet_known_noise,
+    sigusr1_as_sigterm,
 )
 from kpg_lightning.checkpointing import MODEL, check_resume_config, find_checkpoint
 from kpg_lightning.configure import env_device, register_configs, training_device, validate
@@ -221,7 +222,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     start = time.perf_counter()
     try:
-        trainer.fit(module, ckpt_path=str(checkpoint / MODEL) if checkpoint else None, weights_only=True)
+        with sigusr1_as_sigterm():
+            trainer.fit(module, ckpt_path=str(checkpoint / MODEL) if checkpoint else None, weights_only=True)
     except SIGTERMException as exc:  # Lightning's answer to SIGTERM (and ours to SIGUSR1) after the batch
         raise Preempted(_preempted(module.frames, frame_checkpoint, run_dir)) from exc
     if frame_checkpoint is not None and frame_checkpoint.preempted_at is not None:  # a rank that saw no signal
