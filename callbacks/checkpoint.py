@@ -14,6 +14,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from kpg_lightning.checkpointing import MODEL, assert_finite, seal
 
@@ -90,6 +91,15 @@ class FrameCheckpoint(Checkpoint):
         if preempted:
             self.preempted_at = pl_module.frames
             trainer.should_stop = True  # ranks that saw no signal stop here; those that did raise SIGTERMException
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """A signal that arrived after this callback's look at the batch (Lightning raises ``SIGTERMException`` only
+        between batches, so the state is whole): checkpoint it here, as Lightning's ``OnExceptionCheckpoint``
+        would. One process only: ranks of a data-parallel run agree in :meth:`on_train_batch_end` instead."""
+        if isinstance(exception, SIGTERMException) and trainer.world_size == 1:
+            if pl_module.frames != self.last_saved_frames:
+                self.save(trainer, pl_module)
+            self.preempted_at = pl_module.frames
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if pl_module.frames != self.last_saved_frames or not self.last_path.exists():

@@ -269,10 +269,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def _preempted(frames: int, checkpoint: FrameCheckpoint | None, run_dir: Path) -> str:
     if checkpoint is None:
         return f"stopped by a signal at {frames} frames; no checkpoint (trainer.enable_checkpointing=false)"
-    return (
-        f"stopped by a signal at {frames} frames; checkpoint {checkpoint.dirpath}/frames_{frames:012d}; "
-        f"continue with resume={run_dir}"
-    )
+    newest = checkpoint.dirpath / f"frames_{checkpoint.last_saved_frames:012d}"
+    return f"stopped by a signal at {frames} frames; checkpoint {newest}; continue with resume={run_dir}"
 
 
 def compose_config(overrides: list[str], run_dir: str | os.PathLike) -> DictConfig:

@@ -83,14 +83,16 @@ def test_sigterm_checkpoints_the_frames_reached_exits_75_and_resumes_exactly(tmp
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "kpg_lightning.train", *RUN, f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
-    lines, sent = [], None
+    lines, sent, saved = [], None, None
     for line in proc.stdout:  # the replay is created by the first training step: the run is training
         lines.append(line.rstrip())
         if sent is None and "Initialized LazyTensorStorage" in line:
             proc.send_signal(signal.SIGTERM)
             sent = time.monotonic()
+        if line.startswith("preempted:"):
+            saved = time.monotonic() - sent
     rc = proc.wait(timeout=120)
-    waited = time.monotonic() - sent
+    exited = time.monotonic() - sent
     assert sent is not None and rc == EXIT_PREEMPTED, "\n".join(lines[-20:])
     message = lines[-1]
     assert message.startswith("preempted: stopped by a signal at "), message
@@ -98,9 +100,9 @@ def test_sigterm_checkpoints_the_frames_reached_exits_75_and_resumes_exactly(tmp
     frames = int(re.search(r"at (\d+) frames", message)[1])
     assert f"resume={run_dir}" in message
     _signal_checkpoint(run_dir, frames)
-    # one training step, a checkpoint and the process's exit (a tiny step is ~0.1-1 s; Python's exit ~1-3 s)
-    print(f"SIGTERM at a {step_s:.2f} s/step run: exited {waited:.2f} s later, checkpoint at {frames} frames")
-    assert waited < 10 + 3 * step_s
+    # the step in progress and a checkpoint, then the interpreter's exit (its garbage collection: seconds)
+    print(f"SIGTERM at a {step_s:.2f} s/step run: saved {saved:.2f} s, exited {exited:.2f} s later ({frames} frames)")
+    assert saved < 5 + 3 * step_s and exited < 30
 
     train([*RUN, f"resume={run_dir}"], tmp_path / "resumed")
     _assert_same(tmp_path / "resumed", expected)
