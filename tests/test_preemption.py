@@ -108,7 +108,21 @@ def test_sigterm_checkpoints_the_frames_reached_exits_75_and_resumes_exactly(tmp
     _assert_same(tmp_path / "resumed", expected)
 
 
-def test_sigusr1_is_handled_as_sigterm_and_resumes_exactly(tmp_path, uninterrupted):
+SLURM = {  # a one-task SLURM job as Lightning detects it: its SLURMEnvironment (auto_requeue) is in use
+    "SLURM_NTASKS": "1",
+    "SLURM_NTASKS_PER_NODE": "1",
+    "SLURM_JOB_NAME": "kpg",
+    "SLURM_JOB_ID": "1",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NODELIST": "localhost",
+}
+
+
+def test_sigusr1_is_handled_as_sigterm_and_resumes_exactly(tmp_path, uninterrupted, monkeypatch):
+    for key, value in SLURM.items():  # Lightning's SLURM requeue handler would write hpc_ckpt_1.ckpt on SIGUSR1
+        monkeypatch.setenv(key, value)
     run_dir = tmp_path / "signalled"
     sender = ["+callbacks.signal._target_=test_preemption.SignalAt", "+callbacks.signal.frames=320"]
     with pytest.raises(Preempted, match=r"stopped by a signal at 320 frames; checkpoint .*frames_000000000320"):
