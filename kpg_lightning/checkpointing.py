@@ -230,11 +230,14 @@ RESUME_MAY_CHANGE = (
     "trainer.log_every_n_steps",
     "trainer.profiler",
     "kpg.log_every_n_steps",
+    "progress",
     "logger",
     "callbacks",
+    "compile",
 )
 """Keys (and groups: ``logger`` covers ``logger.*``) that may differ between a checkpoint's configuration and the
-run resuming it: budgets, cadences, where it runs, logging, progress and extra (observing) callbacks. Anything else
+run resuming it: budgets, cadences, where and how it runs (devices, ``compile``), logging, progress and extra
+(observing) callbacks. Anything else
 (model, algorithm, environment, K, seed, replay, collection, precision, ...) changes what is trained, and resuming
 with it is refused."""
 
