@@ -1,6 +1,6 @@
 """Lightning callbacks, installed as ``kpg_lightning.callbacks`` (``kpg_lightning/callbacks`` links here)."""
 
-from kpg_lightning.callbacks.checkpoint import FrameCheckpoint
+from kpg_lightning.callbacks.checkpoint import FrameCheckpoint, sigusr1_as_sigterm
 from kpg_lightning.callbacks.evaluation import EvaluationCallback, episode_outcomes
 from kpg_lightning.callbacks.k_cost import KCostCallback
 from kpg_lightning.callbacks.kpg_diagnostics import KPGDiagnostics, mean_level_stats
@@ -15,4 +15,5 @@ __all__ = [
     "episode_outcomes",
     "mean_level_stats",
     "quiet_known_noise",
+    "sigusr1_as_sigterm",
 ]

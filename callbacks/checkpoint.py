@@ -1,18 +1,24 @@
-"""Frame-based checkpoints: complete, checksummed directories, written atomically, ``keep_last`` kept."""
+"""Frame-based checkpoints: complete, checksummed directories, written atomically, ``keep_last`` kept; one more at
+the frame count reached when the run is signalled to stop (preemption)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from kpg_lightning.checkpointing import MODEL, assert_finite, seal
 
-__all__ = ["FrameCheckpoint"]
+__all__ = ["FrameCheckpoint", "sigusr1_as_sigterm"]
 
 
 class FrameCheckpoint(Checkpoint):
@@ -23,12 +29,19 @@ class FrameCheckpoint(Checkpoint):
     callbacks, loops, the module's counters and RNG states) and every rank's replay buffer; it is assembled under
     a temporary name, checksummed and renamed, so an interrupted save leaves the previous checkpoint intact.
     Parameters that are not finite are never written (the module raises first).
+
+    Preemption: Lightning's signal connector turns SIGTERM into ``trainer.received_sigterm``, checked after each
+    training batch (it then raises ``SIGTERMException``); under :func:`sigusr1_as_sigterm`, SIGUSR1 too. At the end
+    of the batch the signal arrived in, a checkpoint at the frame count reached is written (the batch Lightning has
+    already fetched ahead goes with it, see :meth:`Experience.save_replay`) and the trainer stops;
+    :attr:`preempted_at` says at how many frames.
     """
 
     def __init__(self, dirpath: str | os.PathLike, every_frames: int, keep_last: int = 2):
         self.dirpath = Path(dirpath)
         self.every_frames, self.keep_last = every_frames, keep_last
         self.last_saved_frames = 0
+        self.preempted_at: int | None = None
 
     @property
     def last_path(self) -> Path:
@@ -60,11 +73,33 @@ class FrameCheckpoint(Checkpoint):
                 shutil.rmtree(old, ignore_errors=True)
         trainer.strategy.barrier("frame_checkpoint_done")
 
+    # -- preemption -------------------------------------------------------------------------------------------
+    @staticmethod
+    def signalled(trainer: Trainer) -> bool:
+        """Whether any rank received SIGTERM/SIGUSR1 (one collective under data parallelism)."""
+        received = trainer.received_sigterm
+        if trainer.world_size > 1:
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        return received
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.due(pl_module.frames):
+        preempted = self.signalled(trainer)
+        if self.due(pl_module.frames) or (preempted and pl_module.frames != self.last_saved_frames):
             self.save(trainer, pl_module)
+        if preempted:
+            self.preempted_at = pl_module.frames
+            trainer.should_stop = True  # ranks that saw no signal stop here; those that did raise SIGTERMException
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """A signal that arrived after this callback's look at the batch (Lightning raises ``SIGTERMException`` only
+        between batches, so the state is whole): checkpoint it here, as Lightning's ``OnExceptionCheckpoint``
+        would. One process only: ranks of a data-parallel run agree in :meth:`on_train_batch_end` instead."""
+        if isinstance(exception, SIGTERMException) and trainer.world_size == 1:
+            if pl_module.frames != self.last_saved_frames:
+                self.save(trainer, pl_module)
+            self.preempted_at = pl_module.frames
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if pl_module.frames != self.last_saved_frames or not self.last_path.exists():
@@ -75,3 +110,27 @@ class FrameCheckpoint(Checkpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_saved_frames = state_dict.get("last_saved_frames", 0)
+
+
+def _as_sigterm(signum: int, frame: FrameType | None) -> None:
+    signal.raise_signal(signal.SIGTERM)
+
+
+@contextmanager
+def sigusr1_as_sigterm() -> Iterator[None]:
+    """Within it SIGUSR1 (SLURM's ``--signal=SIGUSR1@<s>``) is re-raised as SIGTERM, so that Lightning's SIGTERM
+    handling (and, under DDP, its forwarding to the other ranks) applies to it. Entered before ``Trainer.fit``, it
+    also keeps Lightning's SLURM auto-requeue handler out (Lightning installs it only where SIGUSR1 has none): that
+    handler would write an ``hpc_ckpt_*.ckpt`` without the replay, from inside the update, and requeue by itself."""
+    if not hasattr(signal, "SIGUSR1"):
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGUSR1, _as_sigterm)
+    except ValueError:  # not the main thread: Lightning installs no handlers there either
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

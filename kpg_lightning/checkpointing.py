@@ -5,7 +5,8 @@ optimizers, callbacks, loops, counters, RNG states), ``replay_rank<r>/`` (the wr
 memory-mapped tensors, TorchRL's writer/sampler state as JSON) and ``meta.json`` with the SHA-256 of every file.
 It is written under a temporary name and renamed when complete; ``checkpoints/last.ckpt`` is a hard link to the
 newest ``model.ckpt``. On resume the newest directory whose checksums verify is used; a corrupt or partial one is
-reported and skipped.
+reported and skipped, and a configuration that differs from the checkpoint's in anything but
+:data:`RESUME_MAY_CHANGE` is refused.
 """
 
 from __future__ import annotations
@@ -23,15 +24,20 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 
-from kpg_lightning.errors import CheckpointError, NonFiniteError
+from kpg_lightning.errors import CheckpointError, ConfigError, NonFiniteError
 
 __all__ = [
+    "RESUME_MAY_CHANGE",
     "assert_finite",
     "capture_rng",
+    "check_resume_config",
+    "config_changes",
     "find_checkpoint",
     "load_replay",
+    "load_rng",
     "restore_rng",
     "save_replay",
+    "save_rng",
     "seal",
     "verify",
 ]
@@ -157,6 +163,7 @@ def capture_rng(*generators: torch.Generator) -> dict[str, Any]:
             "gauss": float(np_state[4]),
         },
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         "generators": [g.get_state() for g in generators],
     }
 
@@ -175,5 +182,110 @@ def restore_rng(state: dict[str, Any], *generators: torch.Generator) -> None:
         )
     )
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
     for generator, g_state in zip(generators, state["generators"], strict=True):
         generator.set_state(g_state)
+
+
+def save_rng(path: Path) -> None:
+    """:func:`capture_rng` (no generators) as JSON: the random state a restored collector continues from."""
+    state = capture_rng()
+    state["numpy"]["keys"] = state["numpy"]["keys"].tolist()
+    state["torch"] = state["torch"].tolist()
+    state["cuda"] = [s.tolist() for s in state["cuda"]]
+    path.write_text(json.dumps(state))
+
+
+def load_rng(path: Path) -> dict[str, Any]:
+    """Inverse of :func:`save_rng`, in the form :func:`restore_rng` takes."""
+    state = json.loads(path.read_text())
+    state["numpy"]["keys"] = torch.tensor(state["numpy"]["keys"], dtype=torch.int64)
+    state["torch"] = torch.tensor(state["torch"], dtype=torch.uint8)
+    state["cuda"] = [torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]]
+    return state
+
+
+# -- resume safety ------------------------------------------------------------------------------------------------
+RESUME_MAY_CHANGE = (
+    "resume",
+    "max_frames",
+    "on_nonfinite",
+    "eval.every_frames",
+    "checkpoint.every_frames",
+    "checkpoint.keep_last",
+    "env.device",
+    "buffer.device",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.max_time",
+    "trainer.max_steps",
+    "trainer.max_epochs",
+    "trainer.default_root_dir",
+    "trainer.enable_checkpointing",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "trainer.profiler",
+    "kpg.log_every_n_steps",
+    "progress",
+    "logger",
+    "callbacks",
+    "compile",
+)
+"""Keys (and groups: ``logger`` covers ``logger.*``) that may differ between a checkpoint's configuration and the
+run resuming it: budgets, cadences, where and how it runs (devices, ``compile``), logging, progress and extra
+(observing) callbacks. Anything else
+(model, algorithm, environment, K, seed, replay, collection, precision, ...) changes what is trained, and resuming
+with it is refused."""
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _may_change(key: str) -> bool:
+    return any(key == allowed or key.startswith(f"{allowed}.") for allowed in RESUME_MAY_CHANGE)
+
+
+def _short(value: Any) -> str:
+    text = "<unset>" if value is _UNSET else json.dumps(value, separators=(",", ":"), default=str)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+_UNSET = object()
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key old -> new`` for every key outside :data:`RESUME_MAY_CHANGE` whose resolved value differs."""
+    before, after = _flat(old), _flat(new)
+    keys = [*before, *(k for k in after if k not in before)]
+    return [
+        f"{key} {_short(before.get(key, _UNSET))} -> {_short(after.get(key, _UNSET))}"
+        for key in keys
+        if not _may_change(key) and before.get(key, _UNSET) != after.get(key, _UNSET)
+    ]
+
+
+def check_resume_config(ckpt_dir: Path, config: dict[str, Any], resume: str, shown: int = 6) -> None:
+    """Refuse (:class:`ConfigError`, one line) to resume ``ckpt_dir`` with a resolved ``config`` that differs from
+    the one it was trained with outside :data:`RESUME_MAY_CHANGE`. A checkpoint without a stored configuration is
+    not checked."""
+    stored = torch.load(ckpt_dir / MODEL, map_location="cpu", weights_only=True, mmap=True)
+    old = stored.get("hyper_parameters", {}).get("config") or {}
+    changes = config_changes(old, config) if old else []
+    if changes:
+        more = f" (+{len(changes) - shown} more)" if len(changes) > shown else ""
+        raise ConfigError(
+            f"resume={resume!r} is not allowed: the checkpoint was trained with another configuration: "
+            f"{'; '.join(changes[:shown])}{more}; start a new run to change these (may change on resume: "
+            f"{', '.join(k for k in RESUME_MAY_CHANGE if k != 'resume')})"
+        )

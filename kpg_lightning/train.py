@@ -18,6 +18,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, RewardSum, TransformedEnv
@@ -30,13 +31,15 @@ from kpg_lightning.callbacks import (
     KCostCallback,
     KPGDiagnostics,
     quiet_known_noise,
+    sigusr1_as_sigterm,
 )
-from kpg_lightning.checkpointing import MODEL, find_checkpoint
+from kpg_lightning.checkpointing import MODEL, check_resume_config, find_checkpoint
 from kpg_lightning.configure import env_device, register_configs, training_device, validate
 from kpg_lightning.data import make_replay_buffer, replay_bytes, replay_device
 from kpg_lightning.envs.info import EPISODE_REWARD, REWARD, EnvInfo
 from kpg_lightning.envs.registry import env_family, make_env, task_name
-from kpg_lightning.errors import CheckpointError, ConfigError, NonFiniteError
+from kpg_lightning.envs.vmas import simulator_state
+from kpg_lightning.errors import EXIT_PREEMPTED, CheckpointError, ConfigError, NonFiniteError, Preempted
 from kpg_lightning.experience import Experience
 from kpg_lightning.module import KPGModule
 
@@ -128,7 +131,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train as configured and return the summary written to ``run_dir/summary.json``."""
     validate(cfg)
     quiet_known_noise()  # Lightning's advertisements and the stack's known harmless warnings
+    config = OmegaConf.to_container(cfg, resolve=True)
     checkpoint = resolve_checkpoint(cfg.resume) if cfg.resume else None
+    if checkpoint is not None:
+        check_resume_config(checkpoint, config, cfg.resume)
     seed_everything(cfg.seed, workers=True)
     sim_device = env_device(cfg)
     env = with_episode_returns(make_env(cfg.env, seed=cfg.seed, device=sim_device))
@@ -182,6 +188,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         segment_frames=cfg.checkpoint.every_frames,
         episode_length=length,
         exclude=tuple(algorithm.replay_exclude),
+        simulator=simulator_state(env),
     )
     module = KPGModule(
         algorithm,
@@ -189,7 +196,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         experience,
         on_nonfinite=cfg.on_nonfinite,
         compile=cfg.compile,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=config,
     )
     module.resume_dir = checkpoint
     k_cost = KCostCallback()
@@ -201,10 +208,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     diagnostics = KPGDiagnostics(cfg.kpg.log_every_n_steps)
     callbacks = [k_cost, diagnostics, evaluation]
+    frame_checkpoint = None
     if cfg.trainer.get("enable_checkpointing") is not False:
-        callbacks.append(
-            FrameCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_frames, cfg.checkpoint.keep_last)
+        frame_checkpoint = FrameCheckpoint(
+            run_dir / "checkpoints", cfg.checkpoint.every_frames, cfg.checkpoint.keep_last
         )
+        callbacks.append(frame_checkpoint)
     if cfg.trainer.get("enable_progress_bar") is not False:
         callbacks.append(FramesProgressBar(cfg.progress.every_s))
     callbacks += [instantiate(c) for c in cfg.callbacks.values() if c is not None]
@@ -212,7 +221,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     trainer = Trainer(**trainer_kwargs(cfg.trainer), logger=loggers, callbacks=callbacks)
 
     start = time.perf_counter()
-    trainer.fit(module, ckpt_path=str(checkpoint / MODEL) if checkpoint else None, weights_only=True)
+    try:
+        with sigusr1_as_sigterm():
+            trainer.fit(module, ckpt_path=str(checkpoint / MODEL) if checkpoint else None, weights_only=True)
+    except SIGTERMException as exc:  # Lightning's answer to SIGTERM (and ours to SIGUSR1) after the batch
+        raise Preempted(_preempted(module.frames, frame_checkpoint, run_dir)) from exc
+    if frame_checkpoint is not None and frame_checkpoint.preempted_at is not None:  # a rank that saw no signal
+        raise Preempted(_preempted(module.frames, frame_checkpoint, run_dir))
     wall = time.perf_counter() - start
     history = evaluation.history
     summary = {
@@ -251,6 +266,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def _preempted(frames: int, checkpoint: FrameCheckpoint | None, run_dir: Path) -> str:
+    if checkpoint is None:
+        return f"stopped by a signal at {frames} frames; no checkpoint (trainer.enable_checkpointing=false)"
+    newest = checkpoint.dirpath / f"frames_{checkpoint.last_saved_frames:012d}"
+    return f"stopped by a signal at {frames} frames; checkpoint {newest}; continue with resume={run_dir}"
+
+
 def compose_config(overrides: list[str], run_dir: str | os.PathLike) -> DictConfig:
     """The run configuration for ``overrides`` as the command line composes it, outside ``@hydra.main``
     (``${hydra:runtime.output_dir}`` resolves to ``run_dir``)."""
@@ -284,6 +306,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     except NonFiniteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(3)
+    except Preempted as exc:
+        print(f"preempted: {exc}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -122,3 +122,69 @@ def test_bad_mamujoco_partition():
 
 def test_valid_defaults_pass():
     assert first_error([]) is None
+
+
+# --- resume safety ---
+# A checkpoint remembers its resolved configuration; resuming it with one that changes what is trained (model,
+# algorithm, environment, K, seed: the seed picks the collection seeds of the segments still to come and names the run
+# in summaries, so a changed one would mix two runs under one name) is refused in one line naming every differing key
+# with its old -> new value. Budgets, cadences, devices, logging and progress (RESUME_MAY_CHANGE) may change.
+
+RESUMABLE = ["max_frames=160", "checkpoint.every_frames=160", "eval.every_frames=0"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A real (one training step) VMAS run with its checkpoint."""
+    from conftest import HAS_VMAS, TINY
+
+    if not HAS_VMAS:
+        pytest.skip("vmas not installed")
+    from kpg_lightning.train import train
+
+    run_dir = tmp_path_factory.mktemp("resume_safety") / "run"
+    train([*TINY, *RESUMABLE], run_dir)
+    return run_dir
+
+
+MISMATCHES = [
+    (["kpg.k=3"], "kpg.k 2 -> 3"),
+    (["env.scenario=navigation"], 'env.scenario "balance" -> "navigation"'),
+    (["model.actor_hidden=[64,64]"], "model.actor_hidden [32,32] -> [64,64]"),
+    (["algorithm=facmac"], 'algorithm.name "maddpg" -> "facmac"'),
+    (["seed=1"], "seed 0 -> 1"),
+]
+
+
+@pytest.mark.parametrize(("change", "named"), MISMATCHES, ids=[c[0][0] for c in MISMATCHES])
+def test_resume_with_another_configuration_is_refused(trained_run, tmp_path, change, named):
+    from conftest import TINY
+
+    from kpg_lightning.train import train
+
+    with pytest.raises(ConfigError) as info:  # refused before any environment is made
+        train([*TINY, *RESUMABLE, f"resume={trained_run}", *change], tmp_path / "resumed")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"resume={str(trained_run)!r} is not allowed"), message
+    assert named in message and "may change on resume: max_frames" in message, message
+    assert not (tmp_path / "resumed" / "checkpoints").exists()
+
+
+@pytest.mark.slow  # a CLI start (~10-30 s of imports); the in-process cases above cover the check itself
+def test_resume_refusal_on_the_command_line(trained_run, tmp_path):
+    from conftest import TINY, run_train
+
+    result = run_train(tmp_path / "resumed", *TINY, *RESUMABLE, f"resume={trained_run}", "kpg.k=1", "seed=3")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines[-1].startswith("error: resume=") and "seed 0 -> 3; kpg.k 2 -> 1; start a new run" in lines[-1]
+
+
+def test_resume_with_a_larger_budget_continues(trained_run, tmp_path):
+    from conftest import TINY
+
+    from kpg_lightning.train import train
+
+    allowed = ["max_frames=320", "checkpoint.keep_last=3", "trainer.log_every_n_steps=5", "logger.csv=null"]
+    summary = train([*TINY, *RESUMABLE, f"resume={trained_run}", *allowed], tmp_path / "resumed")
+    assert summary["frames"] == 320 and summary["resumed_from"].endswith("frames_000000000160")
