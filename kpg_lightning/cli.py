@@ -79,10 +79,15 @@ def to_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
             flags.append(token)
         elif action is not None:
             flags.append(token)
-            takes = action.nargs != 0 and not eq
-            if takes and i + 1 < len(tokens) and (action.nargs != "?" or tokens[i + 1] in (action.choices or ())):
-                flags.append(tokens[i + 1])
-                i += 1
+            if action.nargs != 0 and not eq:  # a value in the next token (optional for --info)
+                if i + 1 < len(tokens) and (action.nargs != "?" or tokens[i + 1] in (action.choices or ())):
+                    value = tokens[i + 1]
+                    flags.append(value)
+                    i += 1
+                elif action.nargs != "?":
+                    raise ConfigError(f"{name} is not allowed without a value: {action.help}")
+            if action.choices and (eq or action.nargs not in (0, "?") or value) and value not in action.choices:
+                raise ConfigError(f"{name} {value!r} is not allowed: one of {', '.join(action.choices)}")
         elif token.startswith("--") and len(token) > 2:
             key = name[2:]
             if not re.fullmatch(r"[+~]{0,2}[\w./@:-]+", key):

@@ -114,6 +114,8 @@ CASES = [
     (["--kpg.k", "--seed=1"], "--kpg.k", "without a value"),
     (["-x", "kpg.k=1"], "-x", "not an option"),
     (["--trainer.max_epochs", "many"], "trainer.max_epochs='many'", "an integer or null"),
+    (["--cfg", "nope"], "--cfg 'nope'", "one of job, hydra, all"),
+    (["kpg.k=3", "-c"], "-c", "without a value"),
     # impossible combinations
     (["env=smax", "algorithm=comix"], "algorithm.name", "an algorithm for discrete actions"),
     (["env=vmas", "algorithm=qmix", "kpg.k=1"], "algorithm.name", "an algorithm for continuous actions"),
