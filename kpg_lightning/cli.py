@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from kpg_lightning.configure import check_trainer_key, register_configs, validate
+from kpg_lightning.configure import check_simulator, check_trainer_key, register_configs, validate
 from kpg_lightning.envs.smac import SmacUnavailableError
 from kpg_lightning.errors import ConfigError, NonFiniteError
 
@@ -208,6 +208,7 @@ def check(overrides: list[str]) -> DictConfig:
     Raises :class:`ConfigError` with one line."""
     cfg = _composed(overrides)
     validate(cfg)
+    check_simulator(cfg)
     return cfg
 
 

@@ -23,7 +23,15 @@ from kpg_lightning.envs.registry import ENV_FAMILIES, env_family
 from kpg_lightning.errors import ConfigError
 from kpg_lightning.models import ACTIVATIONS
 
-__all__ = ["SIMULATORS", "check_trainer_key", "env_device", "register_configs", "training_device", "validate"]
+__all__ = [
+    "SIMULATORS",
+    "check_simulator",
+    "check_trainer_key",
+    "env_device",
+    "register_configs",
+    "training_device",
+    "validate",
+]
 
 
 def register_configs() -> None:
@@ -109,9 +117,10 @@ SIMULATORS: dict[str, tuple[tuple[str, ...], str]] = {
 """Each environment family's simulator: the modules it imports and how to install them."""
 
 
-def _check_simulator(family: str) -> None:
-    """Refuses a family whose simulator is not installed (found, not imported: JAX must not start before the
-    adapter configures it)."""
+def check_simulator(cfg: DictConfig) -> None:
+    """Refuses an environment family whose simulator is not installed here (found, not imported: JAX must not start
+    before the adapter configures it). Not part of :func:`validate`: a config stays valid on a machine without it."""
+    family = env_family(cfg.env).name
     modules, install = SIMULATORS.get(family, ((), ""))
     for module in modules:
         try:
@@ -282,4 +291,3 @@ def validate(cfg: DictConfig) -> None:
     _check(0 < cfg.algorithm.gamma <= 1, "algorithm.gamma", "a number in (0, 1]", cfg.algorithm.gamma)
     clip = cfg.algorithm.grad_clip
     _check(clip is None or clip > 0, "algorithm.grad_clip", "null or a number > 0", clip)
-    _check_simulator(family.name)
