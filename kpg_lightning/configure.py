@@ -7,6 +7,7 @@ and below the entry points, which call :func:`register_configs` once and :func:`
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from typing import Any
@@ -15,13 +16,22 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from kpg_lightning import trainer_args
 from kpg_lightning.algorithms import ALGORITHMS
 from kpg_lightning.config import ACTOR_OPTIMIZERS, COMPILE_MODES, KPG_SCOPES, Config
 from kpg_lightning.envs.registry import ENV_FAMILIES, env_family
 from kpg_lightning.errors import ConfigError
 from kpg_lightning.models import ACTIVATIONS
 
-__all__ = ["env_device", "register_configs", "training_device", "validate"]
+__all__ = [
+    "SIMULATORS",
+    "check_simulator",
+    "check_trainer_key",
+    "env_device",
+    "register_configs",
+    "training_device",
+    "validate",
+]
 
 
 def register_configs() -> None:
@@ -58,23 +68,25 @@ def _check_model(cfg: DictConfig) -> None:
 
 
 def _check_trainer(cfg: DictConfig) -> None:
+    """Every ``trainer.*`` value against ``lightning.pytorch.Trainer``'s annotations, then the accelerator, devices,
+    precision and strategy against what Lightning (on this machine) and the K-level steps accept."""
     from lightning.pytorch.strategies import StrategyRegistry
 
-    trainer = cfg.trainer
-    accelerator = str(trainer.get("accelerator", "auto"))
-    _check(
-        accelerator in ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
-        "trainer.accelerator",
-        "auto, cpu, gpu, cuda, mps or tpu",
-        accelerator,
-    )
-    gpus = torch.cuda.device_count()
-    if accelerator in ("gpu", "cuda"):
-        _check(gpus > 0, "trainer.accelerator", "cpu or auto on a machine without a CUDA GPU", accelerator)
-        devices = trainer.get("devices", "auto")
-        if isinstance(devices, int) and devices > 0:
-            _check(devices <= gpus, "trainer.devices", f"at most the {gpus} GPU(s) of this machine", devices)
-    precision = trainer.get("precision")
+    values = OmegaConf.to_container(cfg.trainer, resolve=False)
+    hints = trainer_args.hints()
+    for key, value in values.items():
+        if key in trainer_args.VALUE_CHECKED or key not in hints or OmegaConf.is_interpolation(cfg.trainer, key):
+            continue
+        _check(trainer_args.matches(value, hints[key]), f"trainer.{key}", trainer_args.describe(hints[key]), value)
+    for key, (ok, allowed) in {**trainer_args.MANUAL_OPTIMIZATION, **trainer_args.RANGES}.items():
+        _check(ok(values.get(key)), f"trainer.{key}", allowed, values.get(key))
+    accelerator = values.get("accelerator", "auto")
+    problem = trainer_args.accelerator_problem(accelerator)
+    _check(problem is None, "trainer.accelerator", problem, accelerator)
+    devices = values.get("devices", "auto")
+    problem = trainer_args.devices_problem(devices, trainer_args.resolve_accelerator(accelerator))
+    _check(problem is None, "trainer.devices", problem, devices)
+    precision = values.get("precision")
     if precision is not None:
         _check(
             str(precision) in PRECISIONS,
@@ -82,10 +94,40 @@ def _check_trainer(cfg: DictConfig) -> None:
             "32-true or bf16-mixed (fp16 loss scaling does not fit the K-level steps; 64-true not the float32 data)",
             precision,
         )
-    strategy = trainer.get("strategy", "auto")
-    if isinstance(strategy, str):
-        valid = ["auto", *StrategyRegistry.available_strategies()]
-        _check(strategy in valid, "trainer.strategy", f"one of {', '.join(valid)}", strategy)
+    strategy = values.get("strategy", "auto")
+    valid = ["auto", *StrategyRegistry.available_strategies()]
+    _check(isinstance(strategy, str) and strategy in valid, "trainer.strategy", f"one of {', '.join(valid)}", strategy)
+
+
+def check_trainer_key(key: str) -> None:
+    """Refuses a ``trainer.<name>`` override that is no ``Trainer`` argument (naming the closest ones) before Hydra
+    composes it."""
+    name = key.removeprefix("trainer.").split(".", 1)[0]
+    problem = trainer_args.key_problem(name)
+    if problem:
+        raise ConfigError(f"trainer.{name} is not allowed: {problem}")
+
+
+SIMULATORS: dict[str, tuple[tuple[str, ...], str]] = {
+    "vmas": (("vmas",), "pip install 'kpg-lightning[vmas]'"),
+    "mamujoco": (("gymnasium_robotics", "mujoco"), "pip install 'kpg-lightning[mujoco]'"),
+    "smax": (("jaxmarl", "jax"), "pip install 'kpg-lightning[smax]'"),
+    "smac": (("smac",), "pip install git+https://github.com/oxwhirl/smac.git, plus the StarCraft II game (README)"),
+}
+"""Each environment family's simulator: the modules it imports and how to install them."""
+
+
+def check_simulator(cfg: DictConfig) -> None:
+    """Refuses an environment family whose simulator is not installed here (found, not imported: JAX must not start
+    before the adapter configures it). Not part of :func:`validate`: a config stays valid on a machine without it."""
+    family = env_family(cfg.env).name
+    modules, install = SIMULATORS.get(family, ((), ""))
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        _check(found, "env", f"its simulator is not installed ({module} not found); {install}", family)
 
 
 def _check_compile(cfg: DictConfig) -> None:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -23,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, RewardSum, TransformedEnv
 
+from kpg_lightning import cli
 from kpg_lightning.algorithms import make_algorithm
 from kpg_lightning.callbacks import (
     EvaluationCallback,
@@ -39,11 +39,13 @@ from kpg_lightning.data import make_replay_buffer, replay_bytes, replay_device
 from kpg_lightning.envs.info import EPISODE_REWARD, REWARD, EnvInfo
 from kpg_lightning.envs.registry import env_family, make_env, task_name
 from kpg_lightning.envs.vmas import simulator_state
-from kpg_lightning.errors import EXIT_PREEMPTED, CheckpointError, ConfigError, NonFiniteError, Preempted
+from kpg_lightning.errors import CheckpointError, ConfigError, NonFiniteError, Preempted
 from kpg_lightning.experience import Experience
 from kpg_lightning.module import KPGModule
 
-__all__ = ["main", "resolve_checkpoint", "run", "write_json"]
+__all__ = ["compose_config", "main", "precheck", "resolve_checkpoint", "run", "train", "write_json"]
+
+precheck = cli.precheck  # the command line's composition check, where benchmarks and tests import it
 
 register_configs()
 
@@ -135,7 +137,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     checkpoint = resolve_checkpoint(cfg.resume) if cfg.resume else None
     if checkpoint is not None:
         check_resume_config(checkpoint, config, cfg.resume)
-    seed_everything(cfg.seed, workers=True)
+    seed_everything(cfg.seed, workers=True, verbose=False)  # stderr stays for errors (one line each)
     sim_device = env_device(cfg)
     env = with_episode_returns(make_env(cfg.env, seed=cfg.seed, device=sim_device))
     eval_env = with_episode_returns(
@@ -296,87 +298,17 @@ def train(overrides: list[str], run_dir: str | os.PathLike) -> dict[str, Any]:
     return run(compose_config(overrides, run_dir), run_dir)
 
 
-@hydra.main(version_base=None, config_path="pkg://kpg_lightning.conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except NonFiniteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(3)
-    except Preempted as exc:
-        print(f"preempted: {exc}", file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
+def _task(cfg: DictConfig) -> None:
+    """One run in Hydra's output directory (the task ``@hydra.main`` runs; :mod:`kpg_lightning.cli` reports its
+    errors)."""
+    run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
-def _one_line(exc: BaseException) -> str:
-    """Hydra's composition errors, flattened to one line (key, problem, valid options)."""
-    parts: list[str] = []
-    options: list[str] = []
-    while exc is not None:
-        lines = iter(str(exc).splitlines())
-        for line in lines:
-            line = line.strip()
-            if line.startswith(("Config search path", "provider=", "full_key", "object_type", "reference_type")):
-                break
-            if line.startswith("Available options"):
-                options = []
-                for option in (o.strip() for o in lines):
-                    if not option or option.startswith("Config search path"):
-                        break
-                    if not option.endswith("_config"):
-                        options.append(option)
-                parts.append(f"{line} {', '.join(options)}")
-            elif line and line not in parts:
-                parts.append(line.rstrip("."))
-        exc = exc.__cause__
-    return "; ".join(parts)
-
-
-RENAMED_KEYS = {
-    "algorithm.epsilon_frames": "algorithm.epsilon_anneal_frames",
-    "algorithm.hypernet_hidden": "algorithm.mixer_hypernet_hidden",
-}
-"""Settings that changed name (old → new): an override of the old one is refused with one line naming the new."""
-
-
-def _renamed_key(overrides: list[str]) -> str | None:
-    for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
-        if key in RENAMED_KEYS:
-            return f"{key} is not allowed: renamed to {RENAMED_KEYS[key]}"
-    return None
-
-
-def precheck(overrides: list[str]) -> str | None:
-    """Compose the config once with the command line's overrides; the error, on one line, if it fails (or, before
-    composing, the new key where an override spells a renamed setting the old way)."""
-    from hydra import compose, initialize_config_module
-
-    renamed = _renamed_key(overrides)
-    if renamed:
-        return renamed
-    try:
-        with initialize_config_module("kpg_lightning.conf", version_base=None):
-            cfg = compose("config", overrides=overrides)
-            OmegaConf.to_container(cfg, resolve=False)
-    except Exception as exc:
-        return _one_line(exc)
-    return None
-
-
-def main() -> None:
-    argv = sys.argv[1:]
-    plain = [a for a in argv if not a.startswith("-")]
-    if not any(a in ("-m", "--multirun", "--help", "-h", "--cfg", "-c", "--info") for a in argv):
-        error = precheck(plain)
-        if error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-    _hydra_main()
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kpg_lightning.train [overrides]`` and ``kpg-train``: the command line of
+    :func:`kpg_lightning.cli.main` (Hydra overrides, ``--key=value`` flags, ``--help``) running :func:`run`."""
+    return cli.main(argv, _task)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

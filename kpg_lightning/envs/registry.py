@@ -149,7 +149,9 @@ def make_env(cfg: DictConfig, *, seed: int, device: Any = "cpu", **overrides: An
         return factory(**{**kwargs, **overrides}, seed=seed, device=device)
     except ValueError as exc:  # adapters name the offending env.* key in their message
         raise ConfigError(str(exc).splitlines()[0]) from exc
-    except ImportError as exc:
-        raise ImportError(
-            f"env: the {family.name} simulator is not installed ({exc}); pip install 'kpg-lightning[{family.extra}]'"
+    except ImportError as exc:  # a missing or broken simulator package: one line, like any unusable setting
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"env={family.name} is not allowed here: its simulator does not import ({reason}); "
+            f"pip install 'kpg-lightning[{family.extra}]'"
         ) from exc
