@@ -56,6 +56,7 @@ __all__ = [
     "OptimizerSnapshot",
     "StepRecord",
     "actor_k_level_step",
+    "clock",
     "frozen",
     "gradient_step",
     "k_level_step",
@@ -66,6 +67,13 @@ __all__ = [
 
 
 Number = Tensor | float
+
+
+def clock() -> float:
+    """``time.perf_counter()``, or 0.0 inside ``torch.compile``: there the call breaks the graph, and the resumed
+    frame is specialized on the float it leaves on the stack, so each update recompiled until dynamo's recompile
+    limit and then ran eagerly. A compiled update is timed whole, outside (:meth:`KPGModule.update`)."""
+    return 0.0 if torch.compiler.is_compiling() else time.perf_counter()
 
 
 def to_floats(values: Sequence[Number]) -> list[float]:
@@ -266,7 +274,7 @@ def k_level_step(
             others = level_outputs(0)
         for level in range(1, k + 1):
             sync()
-            start = time.perf_counter()
+            start = clock()
             objective = level_update(others)
             if on_level is not None:
                 on_level(level, params)
@@ -287,7 +295,7 @@ def k_level_step(
                 previous = [p.detach().clone() for p in params]
                 snapshot.restore()
             sync()
-            stats.level_time_s.append(time.perf_counter() - start)
+            stats.level_time_s.append(clock() - start)
             if converged:
                 break
     except BaseException:
@@ -334,7 +342,7 @@ def actor_k_level_step(
     """
     backward = backward or Tensor.backward
     sync = synchronize or (lambda: None)
-    start = time.perf_counter()
+    start = clock()
     live = None
     if algorithm.shares_live_forward:
         with shared_graph(params) if k > 1 else nullcontext():
@@ -342,7 +350,7 @@ def actor_k_level_step(
         if k > 1:
             backward = partial(backward, retain_graph=True)
         sync()
-    shared_s = time.perf_counter() - start
+    shared_s = clock() - start
     step = partial(
         gradient_step,
         optimizer,

@@ -36,6 +36,7 @@ from kpg_lightning.kpg import (
     KLevelStats,
     StepRecord,
     actor_k_level_step,
+    clock,
     frozen,
     gradient_step,
     make_actor_optimizer,
@@ -208,12 +209,12 @@ class KPGModule(LightningModule):
         actor_opt, critic_opt = optimizers if alg.has_actor else (None, optimizers)
         critic_params = alg.critic_parameters()
         finite = FiniteGuard()
-        start = time.perf_counter()
+        start = clock()
         step = partial(gradient_step, backward=backward, clip_grad_norm=alg.cfg.grad_clip, finite=finite)
         metrics = alg.critic_update(td, partial(step, critic_opt, params=critic_params, name="critic loss"))
         if eager:
             self._sync()
-            self.record.add_time("critic", time.perf_counter() - start)
+            self.record.add_time("critic", clock() - start)
         levels = {}
         if actor_opt is not None:
             with frozen(critic_params):  # the actor levels need no critic/mixer gradients
