@@ -78,6 +78,7 @@ def test_bf16_mixed_precision_runs_end_to_end(tmp_path):
     assert all(math.isfinite(x) for x in (*summary["kpg"]["level_delta_mean"], *summary["kpg"]["objective_mean"]))
 
 
+@pytest.mark.slow  # six process starts; tests/test_config.py checks these in-process and in real processes by default
 @pytest.mark.parametrize(
     ("override", "message"),
     [
