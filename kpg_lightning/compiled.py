@@ -15,6 +15,7 @@ function; what cannot be captured (``kpg.adaptive_tol``'s early stop) is refused
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -35,7 +36,7 @@ def compile_update(update: Update, mode: str) -> Update:
     if mode == "none":
         return update
     # TorchRL's scripts compile in mode "default" under cudagraphs: "reduce-overhead" would capture a second time
-    compiled = torch.compile(update, mode="default")
+    compiled = _keeping_buffers(torch.compile(update, mode="default"))
     if mode == "default":
         return compiled
     if mode != "cudagraphs":
@@ -43,3 +44,15 @@ def compile_update(update: Update, mode: str) -> Update:
     from tensordict.nn import CudaGraphModule
 
     return CudaGraphModule(compiled, warmup=CAPTURE_WARMUP, in_keys=[], out_keys=[])
+
+
+def _keeping_buffers(compiled: Update) -> Update:
+    """``compiled`` with AOTAutograd's donated buffers off: levels that share one forward (FACMAC's critic through
+    ``shared_graph``) call ``backward(retain_graph=True)``, which a backward compiled with donated buffers refuses."""
+
+    @functools.wraps(compiled)
+    def update(batch: TensorDictBase) -> TensorDictBase:
+        with torch._functorch.config.patch(donated_buffer=False):
+            return compiled(batch)
+
+    return update
