@@ -225,7 +225,8 @@ def test_hydra_flags_still_work(tmp_path, capfd):
 def test_lightning_flags_take_effect_in_a_run(tmp_path, capfd):
     """The issue's ``--trainer.devices=1 --kpg.k 2``, with K = 3 (the default is 2, so 3 shows the flag took effect)."""
     argv = ["--trainer.devices=1", "--kpg.k", "3", "--max_frames", "160", "--trainer.enable_checkpointing", "false"]
-    code = train_main([*TINY, *argv, "eval.every_frames=0", f"hydra.run.dir={tmp_path}", "hydra/job_logging=none"])
+    hydra = [f"hydra.run.dir={tmp_path}", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    code = train_main([*TINY, *argv, "eval.every_frames=0", *hydra])
     assert code == 0, capfd.readouterr().err[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["k"] == 3 and summary["kpg"]["levels_run_mean"] == 3 and summary["frames"] == 160
