@@ -73,6 +73,10 @@ def measure(setting: str, k: int, frames: int, warmup: int, workdir: Path, compi
     from kpg_lightning.train import train
 
     run_dir = workdir / f"{setting}_k{k}_{compile}_{time.monotonic_ns()}"
+    if compile != "none":  # a fresh compilation per run, as in a training process: the previous runs' optimizers
+        import torch  # are gone, and their cache entries would count towards dynamo's recompile limit (then eager)
+
+        torch._dynamo.reset()
     train(overrides(setting, k, frames, compile), run_dir)
     return step_medians(run_dir, warmup)
 
