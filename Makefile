@@ -32,6 +32,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)  # first: a looser order pulls a CUDA build of the newest torch
 	$(BIN)/python -m pip install --quiet -e ".[all]"
+	# marl-eval (the report's --marl-eval export is tested with its own loaders) without its dependencies: it pins
+	# pandas==1.4.4 (no Python 3.11 wheel), neptune and old importlib-metadata/colorcet, which conflict with ours;
+	# only its numpy-only data processing (marl_eval.utils) is used, whose colorama comes with the eval extra
+	$(BIN)/python -m pip install --quiet --no-deps id-marl-eval==0.0.4
 	@$(BIN)/python -c "import torch, torchrl, lightning, hydra, vmas; print('torch', torch.__version__, 'torchrl', torchrl.__version__, 'lightning', lightning.__version__)"
 	@touch $@
 

@@ -1,7 +1,9 @@
-"""Learning-curve figures of a sweep report, drawn on Agg canvases without pyplot.
+"""Figures of a sweep report, drawn on Agg canvases (rliable's plotting functions given their axes): no global
+backend is switched.
 
-:func:`plot_task` returns a :class:`matplotlib.figure.Figure` (show it in a notebook with ``display(fig)``);
-:func:`write_plots` writes one PNG per task. No global backend is switched.
+:func:`plot_task` (learning curves of one task), :func:`plot_profiles` (rliable's performance profiles) and
+:func:`plot_sample_efficiency` (IQM of normalised scores against frames) return a :class:`matplotlib.figure.Figure`
+(show it in a notebook with ``display(fig)``); :func:`write_plots` writes them as PNGs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
-__all__ = ["plot_task", "png_name", "write_plots"]
+__all__ = ["plot_profiles", "plot_sample_efficiency", "plot_task", "png_name", "write_plots"]
 
 _Y_LABELS = {"return": "evaluation return (greedy policy)", "win_rate": "evaluation win rate (greedy policy)"}
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -41,7 +43,7 @@ def plot_task(task: str, groups: list[dict[str, Any]]) -> Figure:
     for i, g in enumerate(groups):
         frames, mean, se = (np.asarray(g["curve"][key], dtype=float) for key in ("frames", "mean", "se"))
         style = _LINESTYLES[labels.index(g["label"]) % len(_LINESTYLES)]
-        name = textwrap.fill(f"{g['label']}, K={g['k']}  (n={g['n']} seed{'s' if g['n'] != 1 else ''})", 90)
+        name = textwrap.fill(f"{g['name']}  (n={g['n']} seed{'s' if g['n'] != 1 else ''})", 90)
         ax.plot(
             frames, mean, style, color=colors(i % 10), lw=2, marker="o" if len(frames) < 15 else None, ms=4, label=name
         )
@@ -60,17 +62,83 @@ def plot_task(task: str, groups: list[dict[str, Any]]) -> Figure:
         fontsize=9,
         title_fontsize=9,
         loc="outside lower center",
-        ncols=1 if len(groups) < 3 or any(len(g["label"]) > 30 for g in groups) else 2,
+        ncols=1 if len(groups) < 3 or any(len(g["name"]) > 30 for g in groups) else 2,
         frameon=False,
     )
     return fig
 
 
+def _figure(width: float, height: float) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _colors(names: list[str]) -> dict[str, Any]:
+    return {name: colormaps["tab10"](i % 10) for i, name in enumerate(names)}
+
+
+def plot_profiles(aggregate: dict[str, Any]) -> Figure:
+    """rliable's performance profiles of the last evaluation: fraction of runs with normalised score > τ."""
+    from rliable import plot_utils
+
+    p = aggregate["profiles"]
+    names = list(p["profiles"])
+    fig, ax = _figure(7.5, 4.6 + 0.22 * len(names))
+    plot_utils.plot_performance_profiles(
+        {n: np.asarray(v) for n, v in p["profiles"].items()},
+        np.asarray(p["taus"]),
+        performance_profile_cis={n: np.asarray(v) for n, v in p["cis"].items()},
+        colors=_colors(names),
+        ax=ax,
+        xlabel=r"normalised score $\tau$ (see aggregate.md)",
+        ylabel=r"fraction of runs with score $> \tau$",
+        labelsize="medium",
+        ticklabelsize="medium",
+    )
+    ax.set_title(f"Performance profiles ({aggregate['confidence']:.0%} CIs)", fontsize=12)
+    fig.legend(fontsize=9, loc="outside lower center", ncols=1 if len(names) < 3 else 2, frameon=False)
+    return fig
+
+
+def plot_sample_efficiency(aggregate: dict[str, Any]) -> Figure:
+    """IQM over runs and tasks of normalised evaluation scores against frames, with rliable's CIs."""
+    from rliable import plot_utils
+
+    curves = aggregate["sample_efficiency"]["curves"]
+    names = list(curves)
+    colors = _colors(names)
+    fig, ax = _figure(7.5, 4.6 + 0.22 * len(names))
+    for name, c in curves.items():
+        plot_utils.plot_sample_efficiency_curve(
+            np.asarray(c["frames"]),
+            {name: np.asarray(c["iqm"])},
+            {name: np.asarray([c["low"], c["high"]])},
+            algorithms=[name],
+            colors=colors,
+            ax=ax,
+            xlabel="environment frames",
+            ylabel="IQM normalised score",
+            labelsize="medium",
+            ticklabelsize="medium",
+            marker="o" if len(c["frames"]) < 15 else None,
+        )
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_title(f"Sample efficiency: IQM over runs and tasks ({aggregate['confidence']:.0%} CIs)", fontsize=12)
+    fig.legend(fontsize=9, loc="outside lower center", ncols=1 if len(names) < 3 else 2, frameon=False)
+    return fig
+
+
 def write_plots(results: dict[str, Any], out: Path, dpi: int = 120) -> list[Path]:
-    """One ``curves_<task>.png`` per task in ``results`` (from :func:`kpg_lightning.report.summarise`)."""
+    """One ``curves_<task>.png`` per task in ``results`` (from :func:`kpg_lightning.report.summarise`) and, where
+    it has rliable's aggregates, ``profile.png`` and ``sample_efficiency.png``."""
     paths = []
     for task in results["metric_by_task"]:
         path = Path(out) / png_name(task)
         plot_task(task, results["groups"]).savefig(path, dpi=dpi, format="png")
         paths.append(path)
+    if "aggregate" in results:
+        for name, plot in (("profile.png", plot_profiles), ("sample_efficiency.png", plot_sample_efficiency)):
+            plot(results["aggregate"]).savefig(Path(out) / name, dpi=dpi, format="png")
+            paths.append(Path(out) / name)
     return paths

@@ -1,12 +1,20 @@
-"""The markdown tables of sweep reports (``final.md``, ``relative.md``), from :func:`kpg_lightning.report.summarise`'s
-results."""
+"""The markdown tables of sweep reports (``final.md``, ``relative.md``, ``aggregate.md``, ``improvement.md``), from
+:func:`kpg_lightning.report.summarise`'s results."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-__all__ = ["METRIC_NAMES", "final_table", "fmt", "relative_table"]
+__all__ = [
+    "METRIC_NAMES",
+    "aggregate_table",
+    "final_table",
+    "fmt",
+    "improvement_table",
+    "relative_column",
+    "relative_table",
+]
 
 METRIC_NAMES = {"return": "greedy evaluation return", "win_rate": "greedy evaluation win rate"}
 
@@ -23,29 +31,38 @@ def fmt(x: float | None, like: float | None = None) -> str:
     return f"{x:.{digits}f}"
 
 
+def _ci(ci: list[float]) -> str:
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
 def final_table(results: dict[str, Any]) -> str:
-    """``final.md``: one table per task, a row per (variant, K), then the incomplete and duplicate runs."""
+    """``final.md``: one table per task, a row per cell, then the incomplete and duplicate runs."""
     b = results["bootstrap"]
     lines = [
         "# Final performance",
         "",
         f"Last greedy evaluation of each run. Over seeds: mean ± standard error, IQM (interquartile mean) and "
-        f"its {b['confidence']:.0%} percentile-bootstrap CI ({b['resamples']} resamples, seed {b['seed']}).",
+        f"its {b['confidence']:.0%} CI (rliable's stratified percentile bootstrap, {b['resamples']} resamples, "
+        f"seed {b['seed']}). Absolute: the best evaluated policy of each run re-evaluated at the end of training "
+        "(summary `absolute_*`), mean ± s.e. over seeds; — where a run has none.",
         "",
     ]
     for task, metric in results["metric_by_task"].items():
         lines += [
             f"## {task}: final {METRIC_NAMES[metric]}",
             "",
-            "| algorithm | K | seeds | mean ± s.e. | IQM | IQM 95% CI | missing seeds |",
-            "|---|---:|---:|---|---:|---|---|",
+            f"| algorithm | K | actor optimizer | seeds | mean ± s.e. | IQM | IQM {b['confidence']:.0%} CI "
+            "| absolute mean ± s.e. | missing seeds |",
+            "|---|---:|---|---:|---|---:|---|---|---|",
         ]
         for g in (g for g in results["groups"] if g["task"] == task):
-            low, high = g["iqm_ci"]
             missing = ", ".join(map(str, g["missing_seeds"])) or "none"
+            a = g.get("absolute")
+            absolute = f"{fmt(a['mean'])} ± {fmt(a['se'], a['mean'])}" if a else "—"
             lines.append(
-                f"| {g['label']} | {g['k']} | {g['n']} | {fmt(g['mean'])} ± {fmt(g['se'], g['mean'])} | "
-                f"{fmt(g['iqm'])} | [{fmt(low)}, {fmt(high)}] | {missing} |"
+                f"| {g['name']} | {g['k']} | {g['actor_optimizer'] or '—'} | {g['n']} | "
+                f"{fmt(g['mean'])} ± {fmt(g['se'], g['mean'])} | {fmt(g['iqm'])} | {_ci(g['iqm_ci'])} | {absolute} | "
+                f"{missing} |"
             )
         lines.append("")
     if results["incomplete"]:
@@ -66,17 +83,23 @@ def final_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def relative_column(row: dict[str, Any]) -> str:
+    """``MADDPG K=2 (rmsprop) vs MADDPG K=1 (adam)``: a relative-table column."""
+    return f"{row['name']} vs {row['baseline']}" if row["baseline"] else row["name"]
+
+
 def relative_table(results: dict[str, Any]) -> str:
-    """``relative.md``: tasks as rows, each (variant, K > 1) as a column, % improvement over K = 1."""
+    """``relative.md``: tasks as rows, each (K > 1 cell, K = 1 cell) pairing as a column, % improvement."""
     rel = results["relative"]
-    columns = list(dict.fromkeys(f"{r['label']} K={r['k']}" for r in rel["rows"]))
+    columns = list(dict.fromkeys(relative_column(r) for r in rel["rows"]))
     lines = [
         "# Improvement over K = 1",
         "",
         "(mean_K − mean_K=1) / |mean_K=1| × 100 of the final evaluation (return, or win rate where the env "
-        "reports wins), same algorithm and task; positive is better; n/a: no K = 1 run, or its mean is within one "
-        "standard error of 0 (a percentage of it would be noise; see the absolute difference below). "
-        "Seeds per group: see final.md.",
+        "reports wins), same algorithm variant and task, against every K = 1 cell of it (each actor optimizer its "
+        "own column); positive is better; n/a: no K = 1 run, or its mean is within one standard error of 0 (a "
+        "percentage of it would be noise; see the absolute difference below). Seeds per cell: see final.md; "
+        "probability of improvement with CIs: improvement.md.",
         "",
     ]
     if not columns:
@@ -87,7 +110,7 @@ def relative_table(results: dict[str, Any]) -> str:
 
     lines += ["| task | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for task in results["metric_by_task"]:
-        found = {f"{r['label']} K={r['k']}": r["percent"] for r in rel["rows"] if r["task"] == task}
+        found = {relative_column(r): r["percent"] for r in rel["rows"] if r["task"] == task}
         lines.append(f"| {task} | " + " | ".join(cell(found[c]) if c in found else "" for c in columns) + " |")
     lines.append(
         "| **average over tasks** | "
@@ -105,11 +128,93 @@ def relative_table(results: dict[str, Any]) -> str:
         "|---|" + "---:|" * len(columns),
     ]
     for task in results["metric_by_task"]:
-        found = {f"{r['label']} K={r['k']}": r for r in rel["rows"] if r["task"] == task}
+        found = {relative_column(r): r for r in rel["rows"] if r["task"] == task}
 
         def diff(r: dict[str, Any]) -> str:
             text = "n/a" if r["diff"] is None else f"{r['diff']:+.4g} ± {fmt(r['diff_se'], r['diff'])}"
             return f"{text} ({r['note']})" if r["note"] else text
 
         lines.append(f"| {task} | " + " | ".join(diff(found[c]) if c in found else "" for c in columns) + " |")
+    return "\n".join([*lines, ""])
+
+
+def _protocol(agg: dict[str, Any]) -> list[str]:
+    norm = agg["normalisation"]
+    lines = [
+        f"Statistics: rliable (Agarwal et al. 2021), stratified bootstrap over runs within each task, "
+        f"{agg['reps']} resamples, percentile {agg['confidence']:.0%} CIs, numpy's global random state seeded with "
+        f"{agg['seed']} for each estimate.",
+        "",
+        "Normalised score per task: a return is min–max normalised with the lowest and highest evaluation mean of "
+        "any run of that task in this report (every evaluation point and absolute metric): 0 is the worst, 1 the "
+        "best evaluation in the report, so adding runs can change the scores; a win rate is used as it is. "
+        "Optimality gap: mean shortfall below 1 (threshold γ = 1).",
+        "",
+        "| task | metric | normalised as | min | max |",
+        "|---|---|---|---:|---:|",
+    ]
+    lines += [
+        f"| {t} | {n['metric']} | {n['reference']} | {fmt(n['min'])} | {fmt(n['max'])} |" for t, n in norm.items()
+    ]
+    return [*lines, ""]
+
+
+def aggregate_table(results: dict[str, Any]) -> str:
+    """``aggregate.md``: rliable's IQM, mean and optimality gap over tasks per cell, with the normalisation."""
+    agg = results["aggregate"]
+    lines = ["# Aggregate performance over tasks", "", *_protocol(agg)]
+    titles = {
+        "final": "Last evaluation",
+        "absolute": "Absolute metric (cells whose runs all have one)",
+    }
+    for key, title in titles.items():
+        if key not in agg:
+            continue
+        lines += [
+            f"## {title}",
+            "",
+            "Normalised scores; IQM and mean: higher is better; optimality gap: lower is better.",
+            "",
+            "| algorithm | tasks | runs per task | IQM | mean | optimality gap |",
+            "|---|---:|---:|---|---|---|",
+        ]
+        for row in agg[key]:
+            stats = " | ".join(f"{fmt(row[s])} {_ci(row[s + '_ci'])}" for s in ("iqm", "mean", "optimality_gap"))
+            lines.append(f"| {row['name']} | {len(row['tasks'])} | {row['runs_per_task']} | {stats} |")
+        dropped = [f"{row['name']}: {', '.join(row['runs_dropped'])}" for row in agg[key] if row["runs_dropped"]]
+        if dropped:
+            lines += ["", "Runs left out to give each cell the same number of runs on every task:", ""]
+            lines += [f"- {d}" for d in dropped]
+        lines.append("")
+    skipped = agg["sample_efficiency"]["skipped"]
+    if skipped:
+        lines += ["Not in sample_efficiency.png:", "", *[f"- {s}" for s in skipped], ""]
+    return "\n".join(lines)
+
+
+def improvement_table(results: dict[str, Any]) -> str:
+    """``improvement.md``: probability of improvement of each K > 1 cell over each K = 1 cell of its variant."""
+    agg = results["aggregate"]
+    rows = agg["improvement"]
+    lines = [
+        "# Probability of improvement over K = 1",
+        "",
+        "P(X > Y): the probability that a run of X scores higher than a run of Y on a task (Mann–Whitney U / "
+        "(n_X n_Y)), averaged over the tasks named, on the normalised scores of the last evaluation (see "
+        f"aggregate.md), with rliable's {agg['confidence']:.0%} stratified-bootstrap CIs ({agg['reps']} resamples, "
+        f"seed {agg['seed']}). 0.5: no difference; a CI above 0.5: X better.",
+        "",
+    ]
+    if not rows:
+        return "\n".join([*lines, "No K > 1 cell with a K = 1 cell of the same variant.", ""])
+    subsets = list(dict.fromkeys(t for r in rows for t in r["by_tasks"]))
+    lines += ["| X | Y | " + " | ".join(subsets) + " |", "|---|---|" + "---|" * len(subsets)]
+    for r in rows:
+        cells = [
+            f"{r['by_tasks'][t]['p']:.2f} [{r['by_tasks'][t]['ci'][0]:.2f}, {r['by_tasks'][t]['ci'][1]:.2f}]"
+            if t in r["by_tasks"]
+            else ""
+            for t in subsets
+        ]
+        lines.append(f"| {r['name']} | {r['baseline']} | " + " | ".join(cells) + " |")
     return "\n".join([*lines, ""])

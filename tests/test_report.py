@@ -1,5 +1,6 @@
-"""Sweeps and reports: a tiny real multirun, the report on it checked against the runs' summaries, partial sweeps,
-hand-made runs for grouping and win rates, the notebook, the launcher configs (statistics: test_report_stats.py)."""
+"""Sweeps and reports: a tiny real multirun, the report on it checked against the runs' summaries and a direct rliable
+call, its marl-eval export loaded with marl-eval's own functions, partial sweeps, the notebook, the committed
+results, the launcher configs (hand-made runs: test_report_runs.py; statistics: test_report_stats.py)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY, needs_vmas
+from report_checks import REPS, check_with_marl_eval
 
-from kpg_lightning.report import find_runs, fmt, summarise, write_report
+from kpg_lightning.report import fmt, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS, KS = (0, 1), (1, 2)
 _has = importlib.util.find_spec
 HAS_JOBLIB = _has("joblib") is not None and _has("hydra_plugins.hydra_joblib_launcher") is not None
 HAS_SUBMITIT = _has("submitit") is not None and _has("hydra_plugins.hydra_submitit_launcher") is not None
-needs_mpl = pytest.mark.skipif(_has("matplotlib") is None, reason="matplotlib not installed ([plots] extra)")
+needs_mpl = pytest.mark.skipif(
+    _has("matplotlib") is None or _has("rliable") is None, reason="matplotlib/rliable not installed ([plots], [eval])"
+)
 
 
 def _with_root(env: dict[str, str]) -> dict[str, str]:
@@ -98,8 +102,9 @@ def test_local_launcher_caps_threads_per_job(sweep):
 @needs_mpl
 def test_report_cli_matches_the_runs_summaries(sweep, tmp_path):
     out = tmp_path / "report"
+    args = [str(sweep), "--out", str(out), f"--resamples={REPS}", "--marl-eval", str(tmp_path / "marl_eval.json")]
     proc = subprocess.run(
-        [sys.executable, "-m", "kpg_lightning.report", str(sweep), "--out", str(out)],
+        [sys.executable, "-m", "kpg_lightning.report", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -107,17 +112,19 @@ def test_report_cli_matches_the_runs_summaries(sweep, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "4 runs in 2 groups, 0 incomplete" in proc.stdout
-    png = out / "curves_vmas-balance.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    for name in ("curves_vmas-balance.png", "profile.png", "sample_efficiency.png"):
+        png = out / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
     results = json.loads((out / "results.json").read_text())
     final, relative = (out / "final.md").read_text(), (out / "relative.md").read_text()
     summaries = _summaries(sweep)
-    means = {}
+    means, optimizer = {}, {1: "adam", 2: "rmsprop"}  # kpg.actor_optimizer=auto
     for k in KS:
         runs = sorted((s for s in summaries if s["k"] == k), key=lambda s: s["seed"])
         values = [s["eval_return_mean"] for s in runs]
         (group,) = [g for g in results["groups"] if g["k"] == k]
         assert (group["task"], group["label"], group["n"], group["seeds"]) == ("vmas/balance", "maddpg", 2, [0, 1])
+        assert group["name"] == f"MADDPG K={k} ({optimizer[k]})" and group["actor_optimizer"] == optimizer[k]
         assert group["values"] == values and group["missing_seeds"] == []
         means[k] = sum(values) / len(values)
         se = float(np.std(values, ddof=1)) / math.sqrt(len(values))
@@ -125,15 +132,70 @@ def test_report_cli_matches_the_runs_summaries(sweep, tmp_path):
         assert group["iqm"] == pytest.approx(_iqm_by_hand(values))
         low, high = group["iqm_ci"]
         assert min(values) <= low <= group["iqm"] <= high <= max(values)
-        row = f"| maddpg | {k} | 2 | {fmt(means[k])} ± {fmt(se, means[k])} | {fmt(group['iqm'])} | [{fmt(low)}, "
-        assert row in final
+        row = f"| {group['name']} | {k} | {optimizer[k]} | 2 | {fmt(means[k])} ± {fmt(se, means[k])} | "
+        assert row + f"{fmt(group['iqm'])} | [{fmt(low)}, " in final
         curve = np.mean([[h["return_mean"] for h in s["eval_return_history"]] for s in runs], axis=0)
         assert group["curve"]["frames"] == [0.0, 160.0, 320.0]
         assert group["curve"]["mean"] == pytest.approx(curve.tolist())
     percent = 100 * (means[2] - means[1]) / abs(means[1])
     (row,) = results["relative"]["rows"]
+    assert (row["name"], row["baseline"]) == ("MADDPG K=2 (rmsprop)", "MADDPG K=1 (adam)")
     assert row["percent"] == pytest.approx(percent)
     assert f"| vmas/balance | {percent:+.1f}% |" in relative and f"**{percent:+.1f}%**" in relative
+    _check_against_rliable(results, summaries, out)
+    processed, final_matrix, curves = check_with_marl_eval(tmp_path / "marl_eval.json", ["return"])
+    for k in KS:
+        algo = f"maddpg k={k} ({optimizer[k]})"
+        assert final_matrix["mean_norm_return"][algo].shape == (2, 1)
+        assert curves["mean_norm_return"][algo].shape == (2, 1, 3)
+        for s in summaries:
+            if s["k"] == k:
+                steps = processed["vmas"]["balance"][algo][f"seed_{s['seed']}"]
+                assert steps["step_2"]["mean_return"] == pytest.approx(s["eval_return_mean"])
+                assert [steps[f"step_{i}"]["step_count"] for i in range(3)] == [0, 160, 320]
+
+
+def _check_against_rliable(results: dict, summaries: list[dict], out: Path) -> None:
+    """aggregate.md / improvement.md numbers = a direct rliable call on the summaries' min–max normalised scores."""
+    from rliable import library, metrics
+
+    history = [h["return_mean"] for s in summaries for h in s["eval_return_history"]]
+    low, high = min(history), max(history)
+    scores = {
+        f"MADDPG K={k} ({opt})": np.array(
+            [
+                [(s["eval_return_mean"] - low) / (high - low)]
+                for s in sorted(summaries, key=lambda s: s["seed"])
+                if s["k"] == k
+            ]
+        )
+        for k, opt in ((1, "adam"), (2, "rmsprop"))
+    }
+
+    def func(x):
+        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x), metrics.aggregate_optimality_gap(x, 1)])
+
+    np.random.seed(0)
+    points, cis = library.get_interval_estimates(scores, func, reps=REPS)
+    agg = results["aggregate"]
+    assert agg["normalisation"]["vmas/balance"]["min"] == pytest.approx(low)
+    table = (out / "aggregate.md").read_text()
+    for row in agg["final"]:
+        for i, key in enumerate(("iqm", "mean", "optimality_gap")):
+            assert row[key] == pytest.approx(points[row["name"]][i])
+            assert row[f"{key}_ci"] == pytest.approx(cis[row["name"]][:, i].tolist())
+        assert f"| {row['name']} | 1 | 2 | {fmt(row['iqm'])} [{fmt(row['iqm_ci'][0])}, " in table
+    np.random.seed(0)
+    pair = [scores["MADDPG K=2 (rmsprop)"], scores["MADDPG K=1 (adam)"]]
+    p, ci = library.get_interval_estimates({"x": pair}, metrics.probability_of_improvement, reps=REPS)
+    (improvement,) = agg["improvement"]
+    estimate = improvement["by_tasks"]["vmas/balance"]
+    assert estimate["p"] == pytest.approx(p["x"]) and estimate["ci"] == pytest.approx(ci["x"].ravel().tolist())
+    assert f"| MADDPG K=2 (rmsprop) | MADDPG K=1 (adam) | {estimate['p']:.2f} [" in (out / "improvement.md").read_text()
+    np.random.seed(0)
+    profiles, _ = library.create_performance_profile(scores, np.linspace(0, 1, 101), reps=REPS)
+    for name, profile in profiles.items():
+        assert agg["profiles"]["profiles"][name] == pytest.approx(profile.tolist())
 
 
 @needs_vmas
@@ -147,11 +209,11 @@ def test_partial_sweep_reports_missing_seeds_and_incomplete_runs(sweep, tmp_path
         if (json.loads(p.read_text())["k"], json.loads(p.read_text())["seed"]) == (2, 1)
     ]
     (crashed / "summary.json").unlink()
-    results = write_report(partial, tmp_path / "out")
+    results = write_report(partial, tmp_path / "out", resamples=REPS)
     by_k = {g["k"]: g for g in results["groups"]}
     assert (by_k[1]["n"], by_k[1]["missing_seeds"]) == (2, [])
     assert (by_k[2]["n"], by_k[2]["seeds"], by_k[2]["missing_seeds"]) == (1, [0], [1])
-    assert by_k[2]["se"] is None and by_k[2]["iqm_ci"] == [by_k[2]["mean"]] * 2
+    assert by_k[2]["se"] is None and by_k[2]["iqm_ci"] == pytest.approx([by_k[2]["mean"]] * 2)
     (incomplete,) = results["incomplete"]
     assert incomplete["path"] == str(crashed)
     assert (incomplete["algorithm"], incomplete["task"], incomplete["k"], incomplete["seed"]) == (
@@ -161,14 +223,18 @@ def test_partial_sweep_reports_missing_seeds_and_incomplete_runs(sweep, tmp_path
         1,
     )
     final = (tmp_path / "out" / "final.md").read_text()
-    assert "| maddpg | 2 | 1 |" in final and final.count("| none |") == 1 and "## Incomplete runs" in final
+    assert (
+        "| MADDPG K=2 (rmsprop) | 2 | rmsprop | 1 |" in final
+        and final.count("| none |") == 1
+        and "## Incomplete runs" in final
+    )
     assert f"`{crashed}`" in final
 
 
 @needs_vmas
 @pytest.mark.skipif(
-    any(_has(m) is None for m in ("nbclient", "nbformat", "ipykernel", "matplotlib")),
-    reason="nbclient/nbformat/ipykernel/matplotlib not installed",
+    any(_has(m) is None for m in ("nbclient", "nbformat", "ipykernel", "matplotlib", "rliable")),
+    reason="nbclient/nbformat/ipykernel/matplotlib/rliable not installed",
 )
 def test_notebook_executes_on_the_sweep(sweep, tmp_path, monkeypatch):
     import nbformat
@@ -183,115 +249,10 @@ def test_notebook_executes_on_the_sweep(sweep, tmp_path, monkeypatch):
     code[0].source = f"from pathlib import Path\nSWEEP_DIR = Path({str(sweep)!r})\nOUT_DIR = Path({str(tmp_path)!r})"
     NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = [out for cell in code for out in cell.outputs]
-    assert sum("image/png" in out.get("data", {}) for out in outputs) == 1
-    assert sum("text/markdown" in out.get("data", {}) for out in outputs) == 2
-    assert (tmp_path / "final.md").is_file() and (tmp_path / "results.json").is_file()
-
-
-# -- hand-made runs ------------------------------------------------------------------------------------------------
-def _fake_run(
-    path: Path,
-    env: str,
-    k: int,
-    seed: int,
-    returns: list[float],
-    overrides: list[str] = (),
-    win_rates: list[float] | None = None,
-    mtime: float | None = None,
-) -> None:
-    """A run directory as train.py writes it, evaluated at 0, 100, 200, ... frames."""
-    (path / ".hydra").mkdir(parents=True)
-    history = [{"frames": 100.0 * i, "return_mean": r, "return_std": 0.0} for i, r in enumerate(returns)]
-    summary = {
-        "algorithm": "maddpg",
-        "env": env,
-        "k": k,
-        "seed": seed,
-        "eval_return_mean": returns[-1],
-        "eval_return_history": history,
-    }
-    if win_rates is not None:
-        summary["eval_win_rate"] = win_rates[-1]
-        (path / "csv").mkdir()
-        rows = [f"{w},{100 * i}" for i, w in enumerate(win_rates)] + [",50"]  # a row of other metrics
-        (path / "csv" / "metrics.csv").write_text("eval/win_rate,step\n" + "\n".join(rows) + "\n")
-    (path / "summary.json").write_text(json.dumps(summary))
-    (path / ".hydra" / "overrides.yaml").write_text(
-        "".join(f"- {o}\n" for o in [f"seed={seed}", f"kpg.k={k}", *overrides])
-    )
-    if mtime is not None:
-        os.utime(path / "summary.json", (mtime, mtime))
-
-
-def test_groups_variants_tasks_and_duplicates(tmp_path):
-    exp = {1: "+experiment=maddpg_vmas_balance", 2: "+experiment=k2_maddpg_vmas_balance"}
-    finals = {
-        (1, 0): [1.0, 2.0, 3.0, 4.0, 100.0],
-        (2, 0): [2.0, 3.0, 4.0, 5.0, 6.0],
-        (1, 1): [2.0] * 5,
-        (2, 1): [3.0] * 5,
-    }
-    for (k, lr_index), values in finals.items():
-        for seed, value in enumerate(values):
-            lr = ("3e-4", "1e-3")[lr_index]
-            _fake_run(
-                tmp_path / f"lr{lr}_k{k}_s{seed}",
-                "vmas/balance",
-                k,
-                seed,
-                [0.0, value],
-                [exp[k], f"algorithm.actor_lr={lr}", "hydra/launcher=local"],
-            )
-    for seed in range(2):  # a second task: SMAX reports wins, so its metric is the win rate
-        _fake_run(tmp_path / f"smax_k1_s{seed}", "smax/3m", 1, seed, [0.0, 5.0], win_rates=[0.0, 0.5])
-        _fake_run(tmp_path / f"smax_k2_s{seed}", "smax/3m", 2, seed, [0.0, 5.0], win_rates=[0.2, 0.75])
-    _fake_run(tmp_path / "smax_k2_s1_rerun", "smax/3m", 2, 1, [0.0, 5.0], win_rates=[0.2, 1.0], mtime=4e9)
-    runs, incomplete = find_runs(tmp_path)
-    assert len(runs) == 25 and incomplete == []
-    results = summarise(runs)
-    groups = {(g["task"], g["label"], g["k"]): g for g in results["groups"]}
-    g = groups[("vmas/balance", "maddpg (algorithm.actor_lr=3e-4)", 1)]
-    assert g["n"] == 5 and g["mean"] == pytest.approx(22.0) and g["iqm"] == pytest.approx(3.0)
-    assert results["metric_by_task"] == {"smax/3m": "win_rate", "vmas/balance": "return"}
-    smax2 = groups[("smax/3m", "maddpg", 2)]
-    assert smax2["values"] == [0.75, 1.0] and smax2["curve"]["frames"] == [0.0, 100.0]
-    assert smax2["curve"]["mean"] == pytest.approx([0.2, 0.875])
-    assert results["duplicates"][0]["replaced_by"].endswith("smax_k2_s1_rerun")
-    percent = {(r["task"], r["label"]): r["percent"] for r in results["relative"]["rows"]}
-    assert percent[("vmas/balance", "maddpg (algorithm.actor_lr=3e-4)")] == pytest.approx(100 * (4 - 22) / 22)
-    assert percent[("vmas/balance", "maddpg (algorithm.actor_lr=1e-3)")] == pytest.approx(50.0)
-    assert percent[("smax/3m", "maddpg")] == pytest.approx(75.0)
-    assert results["relative"]["average"] == pytest.approx(
-        {
-            "maddpg (algorithm.actor_lr=3e-4) K=2": 100 * (4 - 22) / 22,
-            "maddpg (algorithm.actor_lr=1e-3) K=2": 50.0,
-            "maddpg K=2": 75.0,
-        }
-    )
-
-
-def test_relative_skips_a_k1_mean_within_noise_of_zero(tmp_path):
-    """A return that crosses 0 (VMAS balance) gives no percentage, only the absolute difference ± its s.e."""
-    for k, values in {1: [-3.0, 1.0, 2.0], 2: [-1.0, -2.0, -3.0]}.items():
-        for seed, value in enumerate(values):
-            _fake_run(tmp_path / f"k{k}_s{seed}", "vmas/balance", k, seed, [0.0, value])
-    results = summarise(find_runs(tmp_path)[0])
-    (row,) = results["relative"]["rows"]
-    se1, se2 = np.std([-3.0, 1.0, 2.0], ddof=1) / math.sqrt(3), np.std([-1.0, -2.0, -3.0], ddof=1) / math.sqrt(3)
-    assert row["percent"] is None and row["note"] == "K = 1 mean within one s.e. of 0"
-    assert row["diff"] == pytest.approx(-2.0 - 0.0) and row["diff_se"] == pytest.approx(math.hypot(se1, se2))
-    assert results["relative"]["average"] == {}
-    write_report(tmp_path, tmp_path / "report")
-    relative = (tmp_path / "report" / "relative.md").read_text()
-    assert "| vmas/balance | n/a |" in relative and "(K = 1 mean within one s.e. of 0)" in relative
-
-
-def test_cli_without_runs_is_one_line(tmp_path):
-    from kpg_lightning.report import main
-
-    with pytest.raises(SystemExit) as exc:
-        main([str(tmp_path)])
-    assert exc.value.code == 1
+    assert sum("image/png" in out.get("data", {}) for out in outputs) == 3  # curves, profiles, sample efficiency
+    assert sum("text/markdown" in out.get("data", {}) for out in outputs) == 4
+    for name in ("final.md", "aggregate.md", "improvement.md", "profile.png", "results.json"):
+        assert (tmp_path / name).is_file(), name
 
 
 # -- launcher configs ----------------------------------------------------------------------------------------------
@@ -348,8 +309,8 @@ def test_slurm_launcher_composes_into_an_sbatch_script(tmp_path, monkeypatch):
 def test_committed_results_match_their_runs(tmp_path):
     """docs/results: the committed tables are what the report makes of the committed runs."""
     study = ROOT / "docs" / "results" / "vmas_maddpg_k1_k2"
-    write_report(study / "runs", tmp_path)
-    for name in ("final.md", "relative.md"):
+    write_report(study / "runs", tmp_path, marl_eval=tmp_path / "marl_eval.json")
+    for name in ("final.md", "relative.md", "aggregate.md", "improvement.md", "marl_eval.json"):
         assert (tmp_path / name).read_text() == (study / name).read_text(), name
     results = json.loads((tmp_path / "results.json").read_text())
     assert {(g["task"], g["k"], g["n"]) for g in results["groups"]} >= {

@@ -1,4 +1,5 @@
-"""The report's statistics and number formatting on hand-made numbers."""
+"""The report's statistics and number formatting on hand-made numbers; the vectorised statistics against rliable's
+own functions (the bootstrap itself is rliable's)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,21 @@ import math
 import numpy as np
 import pytest
 
-from kpg_lightning.report_stats import bootstrap_ci, iqm, mean_curve, standard_error
+from kpg_lightning.report_stats import (
+    aggregate_estimates,
+    fast_improvement,
+    fast_iqm,
+    fast_profile,
+    iqm,
+    iqm_ci,
+    mean_curve,
+    min_max,
+    probability_of_improvement,
+    standard_error,
+)
 from kpg_lightning.report_tables import fmt
+
+rliable = pytest.importorskip("rliable", reason="rliable not installed ([eval] extra)")
 
 
 def test_iqm_drops_a_quarter_at_each_end():
@@ -16,21 +30,65 @@ def test_iqm_drops_a_quarter_at_each_end():
     assert iqm([1.0, 2.0, 3.0, 4.0, 100.0]) == pytest.approx(3.0)  # int(5/4) = 1 dropped at each end
     assert iqm(list(range(8))) == pytest.approx(3.5)  # 2, 3, 4, 5
     assert iqm([1.0, 3.0]) == pytest.approx(2.0) and iqm([7.0]) == pytest.approx(7.0)  # n < 4: the mean
-    assert iqm([[1, 2, 3, 4], [4, 3, 2, 100]], axis=-1) == pytest.approx([2.5, 3.5])
+    assert fast_iqm(np.array([[1, 2, 3, 4], [4, 3, 2, 100]]).T, axis=0) == pytest.approx([2.5, 3.5])
     with pytest.raises(ValueError):
         iqm([])
 
 
-def test_bootstrap_ci_is_seeded_and_brackets_the_iqm():
+def test_vectorised_statistics_equal_rlibles():
+    from rliable import library, metrics
+
+    rng = np.random.default_rng(0)
+    for shape in [(5, 3), (4, 1), (7, 2), (1, 3)]:
+        x = rng.normal(size=shape)
+        y = np.round(rng.normal(size=(shape[0] + 1, shape[1])), 1)  # ties, other numbers of runs
+        assert fast_iqm(x) == pytest.approx(metrics.aggregate_iqm(x), abs=1e-12)
+        assert fast_improvement(x, y) == pytest.approx(metrics.probability_of_improvement(x, y), abs=1e-12)
+        assert fast_improvement(np.round(x), np.round(x)) == pytest.approx(0.5)
+        taus = np.linspace(-2, 2, 9)
+        assert fast_profile(x, taus) == pytest.approx(library.score_distributions(x, taus))
+
+
+def test_iqm_ci_is_seeded_and_brackets_the_iqm():
     values = [0.1, 0.5, 0.9, 1.3, 2.0, 2.2, 3.1, 8.0, 9.5, 30.0]
-    ci = bootstrap_ci(values, resamples=2000, seed=0)
-    assert ci == bootstrap_ci(values, resamples=2000, seed=0)
-    assert ci != bootstrap_ci(values, resamples=2000, seed=1)
+    ci = iqm_ci(values, reps=300, seed=0)
+    assert ci == iqm_ci(values, reps=300, seed=0)
+    assert ci != iqm_ci(values, reps=300, seed=1)
+    state = np.random.get_state()[1].copy()
+    iqm_ci(values, reps=50, seed=3)
+    assert np.array_equal(np.random.get_state()[1], state)  # the caller's global random state is restored
     assert min(values) < ci[0] < iqm(values) < ci[1] < max(values)
-    assert bootstrap_ci([5.0, 5.0, 5.0]) == (5.0, 5.0) and bootstrap_ci([2.0]) == (2.0, 2.0)
-    assert bootstrap_ci([0.0, 1.0], np.mean) == (0.0, 1.0)  # each extreme has probability 1/4 > 2.5%
-    wide, narrow = bootstrap_ci(values, confidence=0.99), bootstrap_ci(values, confidence=0.5)
+    assert iqm_ci([5.0, 5.0, 5.0], reps=50) == pytest.approx((5.0, 5.0))
+    assert iqm_ci([2.0], reps=50) == pytest.approx((2.0, 2.0))
+    wide, narrow = iqm_ci(values, 300, confidence=0.99), iqm_ci(values, 300, confidence=0.5)
     assert wide[0] <= narrow[0] and narrow[1] <= wide[1]
+
+
+def test_aggregates_and_improvement_match_a_direct_rliable_call():
+    from rliable import library, metrics
+
+    rng = np.random.default_rng(1)
+    scores = {"a": rng.uniform(size=(5, 3)), "b": rng.uniform(0.3, 1.3, size=(4, 3))}
+    ours = aggregate_estimates(scores, reps=200, seed=7)
+
+    def func(s):
+        return np.array([metrics.aggregate_iqm(s), metrics.aggregate_mean(s), metrics.aggregate_optimality_gap(s, 1)])
+
+    np.random.seed(7)
+    points, cis = library.get_interval_estimates(scores, func, reps=200)
+    for name in scores:
+        for i, key in enumerate(("iqm", "mean", "optimality_gap")):
+            assert ours[name][key] == pytest.approx(points[name][i])
+            assert ours[name][f"{key}_ci"] == pytest.approx(cis[name][:, i].tolist())
+    poi = probability_of_improvement({"b>a": (scores["b"], scores["a"])}, reps=200, seed=7)
+    np.random.seed(7)
+    points, cis = library.get_interval_estimates(
+        {"b>a": [scores["b"], scores["a"]]}, metrics.probability_of_improvement, reps=200
+    )
+    assert poi["b>a"]["p"] == pytest.approx(points["b>a"]) and poi["b>a"]["ci"] == pytest.approx(
+        cis["b>a"].ravel().tolist()
+    )
+    assert min_max([3.0, 1.0, 2.0]) == (1.0, 3.0) and min_max([2.0, 2.0]) == (1.0, 2.0)
 
 
 def test_standard_error_and_fmt():
