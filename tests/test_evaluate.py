@@ -199,7 +199,7 @@ FAMILIES = [
     pytest.param(["algorithm=mappo", "collector.frames_per_batch=160"], id="mappo"),
     pytest.param(["algorithm=qmix", "kpg.k=1", "env.continuous_actions=false"], id="qmix-discrete"),
     pytest.param(["algorithm=facmac"], id="facmac", marks=pytest.mark.slow),
-    pytest.param(["algorithm=comix", "kpg.k=1"], id="comix", marks=pytest.mark.slow),
+    pytest.param(["algorithm=comix", "kpg.k=1"], id="comix"),
     pytest.param(["algorithm=maddpg", "env.continuous_actions=false"], id="maddpg-discrete", marks=pytest.mark.slow),
     pytest.param(["algorithm=ippo"], id="ippo", marks=pytest.mark.slow),
 ]
