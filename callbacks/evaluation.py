@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from kpg_lightning.envs.info import BATTLE_WON, DONE, EPISODE_REWARD
 from kpg_lightning.metrics import log_at_frames, mean_over_ranks
 
-__all__ = ["EvaluationCallback", "episode_outcomes"]
+__all__ = ["EvaluationCallback", "episode_outcomes", "run_episodes"]
 
 
 def episode_outcomes(rollout: TensorDictBase) -> dict[str, torch.Tensor]:
@@ -35,6 +37,38 @@ def episode_outcomes(rollout: TensorDictBase) -> dict[str, torch.Tensor]:
     return out
 
 
+@torch.no_grad()
+def run_episodes(
+    env: EnvBase,
+    policy: TensorDictModuleBase,
+    episodes: int,
+    max_steps: int,
+    exploration: ExplorationType = ExplorationType.DETERMINISTIC,
+    callback: Callable[[EnvBase, TensorDictBase], Any] | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`episode_outcomes` of ``episodes`` episodes of ``policy`` (greedy by default) in ``env``: its
+    ``env.batch_size`` envs side by side, in as many rounds as needed, each rollout at most ``max_steps`` steps.
+    ``callback(env, td)`` runs after every step (TorchRL's ``rollout`` callback)."""
+    parallel = max(1, env.batch_size.numel())
+    # TorchRL 0.14's break_when_all_done leaves a nested "_neg_step" behind (KeyError) when an env has
+    # per-agent done flags (SMAX): run those for max_steps; only the first episode of each env is read anyway
+    stop_early = all(isinstance(key, str) for key in env.done_keys)
+    results: dict[str, list[torch.Tensor]] = {}
+    with set_exploration_type(exploration):
+        for _ in range(math.ceil(episodes / parallel)):
+            rollout = env.rollout(
+                max_steps,
+                policy,
+                callback=callback,
+                auto_cast_to_device=True,
+                break_when_any_done=False,
+                break_when_all_done=stop_early,
+            )
+            for key, value in episode_outcomes(rollout.cpu()).items():
+                results.setdefault(key, []).append(value)
+    return {key: torch.cat(values)[:episodes] for key, values in results.items()}
+
+
 class EvaluationCallback(Callback):
     """Runs ``episodes`` greedy episodes every ``every_frames`` frames and at the end of training.
 
@@ -49,31 +83,15 @@ class EvaluationCallback(Callback):
 
     @torch.no_grad()
     def evaluate(self, pl_module: LightningModule) -> dict[str, float]:
-        policy = pl_module.algorithm.policy()
-        parallel = max(1, self.env.batch_size.numel())
-        # TorchRL 0.14's break_when_all_done leaves a nested "_neg_step" behind (KeyError) when an env has
-        # per-agent done flags (SMAX): run those for max_steps; only the first episode of each env is read anyway
-        stop_early = all(isinstance(key, str) for key in self.env.done_keys)
-        results: dict[str, list[torch.Tensor]] = {}
-        with set_exploration_type(ExplorationType.DETERMINISTIC):
-            for _ in range(math.ceil(self.episodes / parallel)):
-                rollout = self.env.rollout(
-                    self.max_steps,
-                    policy,
-                    auto_cast_to_device=True,
-                    break_when_any_done=False,
-                    break_when_all_done=stop_early,
-                )
-                for key, value in episode_outcomes(rollout.cpu()).items():
-                    results.setdefault(key, []).append(value)
-        returns = torch.cat(results["return"])[: self.episodes]
+        results = run_episodes(self.env, pl_module.algorithm.policy(), self.episodes, self.max_steps)
+        returns = results["return"]
         metrics = {
             "frames": float(pl_module.frames),
             "return_mean": float(returns.mean()),
             "return_std": float(returns.std(unbiased=False)),
         }
         if "won" in results:
-            metrics["win_rate"] = float(torch.cat(results["won"])[: self.episodes].mean())
+            metrics["win_rate"] = float(results["won"].mean())
         return metrics
 
     def _run(self, trainer: Trainer, pl_module: LightningModule, progress: bool = True) -> None:

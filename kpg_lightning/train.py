@@ -6,7 +6,6 @@ Reads in order: config → env → algorithm → replay and collector → Lightn
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -20,10 +19,16 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torchrl.collectors import Collector
-from torchrl.envs import EnvBase, RewardSum, TransformedEnv
+from torchrl.envs import EnvBase
 
 from kpg_lightning import cli
-from kpg_lightning.algorithms import make_algorithm
+from kpg_lightning.assemble import (
+    eval_env_kwargs,
+    make_acting_algorithm,
+    make_eval_env,
+    with_episode_returns,
+    write_json,
+)
 from kpg_lightning.callbacks import (
     EvaluationCallback,
     FrameCheckpoint,
@@ -36,8 +41,7 @@ from kpg_lightning.callbacks import (
 from kpg_lightning.checkpointing import MODEL, check_resume_config, find_checkpoint
 from kpg_lightning.configure import env_device, register_configs, training_device, validate
 from kpg_lightning.data import make_replay_buffer, replay_bytes, replay_device
-from kpg_lightning.envs.info import EPISODE_REWARD, REWARD, EnvInfo
-from kpg_lightning.envs.registry import env_family, make_env, task_name
+from kpg_lightning.envs.registry import make_env, task_name
 from kpg_lightning.envs.vmas import simulator_state
 from kpg_lightning.errors import CheckpointError, ConfigError, NonFiniteError, Preempted
 from kpg_lightning.experience import Experience
@@ -49,14 +53,8 @@ precheck = cli.precheck  # the command line's composition check, where benchmark
 
 register_configs()
 
-
-def with_episode_returns(env: EnvBase) -> EnvBase:
-    """Adds ``("agents", "episode_reward")``, the running return of the current episode."""
-    returns = RewardSum(in_keys=[REWARD], out_keys=[EPISODE_REWARD])
-    if isinstance(env, TransformedEnv):
-        env.append_transform(returns)
-        return env
-    return TransformedEnv(env, returns)
+EVAL_SEED_OFFSET = 10_000
+"""The periodic evaluation env's seed is the run's seed plus this."""
 
 
 def resolve_checkpoint(resume: str) -> Path:
@@ -89,16 +87,7 @@ def global_rank() -> int:
     )
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically: a temporary file in the same directory, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
-def _eval_envs(env_cfg: DictConfig, episodes: int) -> dict[str, int]:
-    """``num_envs`` for the evaluation env; none for a family that always builds one (SMAC: rounds of one game)."""
-    return {"num_envs": episodes} if env_family(env_cfg).batched_eval else {}
+_eval_envs = eval_env_kwargs  # where tests import it
 
 
 def episode_length(cfg: DictConfig, env: EnvBase) -> int:
@@ -140,14 +129,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     seed_everything(cfg.seed, workers=True, verbose=False)  # stderr stays for errors (one line each)
     sim_device = env_device(cfg)
     env = with_episode_returns(make_env(cfg.env, seed=cfg.seed, device=sim_device))
-    eval_env = with_episode_returns(
-        make_env(cfg.env, seed=cfg.seed + 10_000, device=sim_device, **_eval_envs(cfg.env, cfg.eval.episodes))
-    )
-    info = EnvInfo.from_env(env)
-    algorithm = make_algorithm(OmegaConf.to_object(cfg.algorithm), info, OmegaConf.to_object(cfg.model))
-    for target in (env, eval_env):
-        for transform in algorithm.env_transforms():
-            target.append_transform(transform)
+    eval_env = make_eval_env(cfg.env, cfg.eval.episodes, seed=cfg.seed + EVAL_SEED_OFFSET, device=sim_device)
+    algorithm = make_acting_algorithm(OmegaConf.to_object(cfg.algorithm), OmegaConf.to_object(cfg.model), env, eval_env)
     episodic = not algorithm.on_policy and algorithm.replay_unit == "episodes"
     length = episode_length(cfg, env) if episodic else None
     replay, storing_device = None, env.device
