@@ -30,6 +30,7 @@ from kpg_lightning.callbacks import (
     FramesProgressBar,
     KCostCallback,
     KPGDiagnostics,
+    policy_state,
     quiet_known_noise,
     sigusr1_as_sigterm,
 )
@@ -43,7 +44,10 @@ from kpg_lightning.errors import CheckpointError, ConfigError, NonFiniteError, P
 from kpg_lightning.experience import Experience
 from kpg_lightning.module import KPGModule
 
-__all__ = ["compose_config", "main", "precheck", "resolve_checkpoint", "run", "train", "write_json"]
+__all__ = ["POLICY", "compose_config", "main", "precheck", "resolve_checkpoint", "run", "train", "write_json"]
+
+POLICY = "policy.pt"
+"""The run directory's policy weights, written at the end of training (:func:`write_policy`)."""
 
 precheck = cli.precheck  # the command line's composition check, where benchmarks and tests import it
 
@@ -94,6 +98,21 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
+
+
+def write_policy(
+    path: Path, config: dict[str, Any], frames: int, last: dict[str, torch.Tensor], best: dict[str, Any] | None
+) -> None:
+    """``policy.pt`` atomically: the run's config, the last policy weights and the best evaluated ones (or None),
+    a plain dict that ``torch.load(path, weights_only=True)`` reads."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"format": 1, "config": config, "last": {"frames": int(frames), "state_dict": last}, "best": best}, tmp)
+    os.replace(tmp, path)
+
+
+def actor_optimizer(trainer: Trainer) -> str:
+    """The actor optimizer the run used (``kpg.actor_optimizer: auto`` resolved): its class name, lower case."""
+    return type(trainer.optimizers[0]).__name__.lower()
 
 
 def _eval_envs(env_cfg: DictConfig, episodes: int) -> dict[str, int]:
@@ -207,6 +226,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         cfg.eval.episodes,
         cfg.eval.every_frames,
         max_steps=cfg.eval.max_steps or cfg.env.get("max_steps", 1000),
+        absolute_episodes=cfg.eval.absolute_episodes,
     )
     diagnostics = KPGDiagnostics(cfg.kpg.log_every_n_steps)
     callbacks = [k_cost, diagnostics, evaluation]
@@ -243,16 +263,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "train_steps": module.train_steps,
         "iterations": experience.iterations,
         "eval_return_mean": history[-1]["return_mean"] if history else None,
-        "eval_return_history": [
-            {
-                "frames": h["frames"],
-                "return_mean": h["return_mean"],
-                "return_std": h["return_std"],
-                **({"win_rate": h["win_rate"]} if "win_rate" in h else {}),
-            }
-            for h in history
-        ],
         **({"eval_win_rate": history[-1]["win_rate"]} if history and "win_rate" in history[-1] else {}),
+        **evaluation.summary(),  # eval_return_history (per-episode returns included) and the absolute metric
+        "actor_optimizer": actor_optimizer(trainer) if algorithm.has_actor else None,
         **k_cost.summary(),
         "kpg": diagnostics.summary(),
         "resumed_from": str(checkpoint) if checkpoint else None,
@@ -263,6 +276,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         write_json(run_dir / "summary.json", summary)
+        write_policy(run_dir / POLICY, config, module.frames, policy_state(algorithm.policy()), evaluation.best)
     if module.stopped_by:
         raise NonFiniteError(module.stopped_by)
     return summary
