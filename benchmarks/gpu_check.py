@@ -158,9 +158,8 @@ class Check:
             result["status"] = "ok"
             if rc is None:
                 result["note"] = f"summary written, then timed out after {timeout_s:.0f} s"
-            result["summary"] = {
-                k: v for k, v in json.loads(summary.read_text()).items() if k not in ("kpg", "eval_return_history")
-            }
+            per_episode = ("kpg", "eval_return_history", "absolute_returns", "absolute_wins")  # long lists
+            result["summary"] = {k: v for k, v in json.loads(summary.read_text()).items() if k not in per_episode}
             result["frames"] = result["summary"]["frames"]
         else:
             result["error"] = (
@@ -207,7 +206,8 @@ def smoke(check: Check) -> dict[str, Any]:
         if check.left_s() < 15:
             result = {"status": "skipped", "error": "time budget spent"}
         else:
-            overrides = [*FAMILIES[name], *TINY, "buffer.updates_per_batch=2", *QUIET]
+            quiet = [o for o in QUIET if not o.startswith("eval.absolute_episodes=")]  # its one rollout runs
+            overrides = [*FAMILIES[name], *TINY, "buffer.updates_per_batch=2", *quiet, "eval.absolute_episodes=1"]
             with check.lock:  # one Hydra composition at a time
                 overrides += check.device_overrides(overrides)
             result = check.train(f"smoke_{name}", overrides, min(check.left_s(), 180))
@@ -323,7 +323,8 @@ def long_run(check: Check) -> dict[str, Any]:
     frames = 2000 if check.args.quick else check.args.long_frames
     mode = check.args.compile[-1]
     overrides = k_overhead.overrides("facmac_halfcheetah", 2, frames, mode)
-    overrides = [o for o in overrides if not o.startswith("eval.")] + ["eval.every_frames=0", "eval.episodes=1"]
+    overrides = [o for o in overrides if not o.startswith("eval.")]
+    overrides += ["eval.every_frames=0", "eval.episodes=1", "eval.absolute_episodes=0"]
     overrides += check.device_overrides(overrides)
     part: dict[str, Any] = {"frames": frames, "compile": mode}
     check.data["parts"]["long_run"] = part

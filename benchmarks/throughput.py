@@ -71,6 +71,7 @@ QUIET = [
     "logger.tensorboard=null",
     "eval.every_frames=0",
     "eval.episodes=1",
+    "eval.absolute_episodes=0",  # the absolute metric's re-evaluation would count in wall_clock_s
     "checkpoint.every_frames=100000000",
 ]
 

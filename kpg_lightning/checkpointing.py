@@ -212,6 +212,7 @@ RESUME_MAY_CHANGE = (
     "max_frames",
     "on_nonfinite",
     "eval.every_frames",
+    "eval.absolute_episodes",
     "checkpoint.every_frames",
     "checkpoint.keep_last",
     "env.device",
@@ -236,8 +237,8 @@ RESUME_MAY_CHANGE = (
     "compile",
 )
 """Keys (and groups: ``logger`` covers ``logger.*``) that may differ between a checkpoint's configuration and the
-run resuming it: budgets, cadences, where and how it runs (devices, ``compile``), logging, progress and extra
-(observing) callbacks. Anything else
+run resuming it: budgets, cadences (and the absolute metric's episodes at the end), where and how it runs (devices,
+``compile``), logging, progress and extra (observing) callbacks. Anything else
 (model, algorithm, environment, K, seed, replay, collection, precision, ...) changes what is trained, and resuming
 with it is refused."""
 

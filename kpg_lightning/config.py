@@ -97,6 +97,10 @@ class EvalConfig:
     """Evaluation episodes, run in parallel environments."""
     max_steps: int | None = None
     """Steps per evaluation rollout; null: the env's ``max_steps`` (episode limit), else 1000."""
+    absolute_episodes: int | None = None
+    """Greedy episodes of the absolute metric (Gorsane et al., 2022): at the end of training the best evaluated
+    policy (highest mean return, or win rate where the env reports wins) is evaluated again with this many episodes
+    (``absolute_*`` in ``summary.json``); null: 10 x ``episodes``; 0: not run."""
 
 
 @dataclass

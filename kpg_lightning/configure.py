@@ -243,6 +243,13 @@ def validate(cfg: DictConfig) -> None:
         "null or an integer > 0",
         cfg.eval.max_steps,
     )
+    absolute = cfg.eval.get("absolute_episodes")
+    _check(
+        absolute is None or absolute >= 0,
+        "eval.absolute_episodes",
+        "null (10 x eval.episodes), 0 (off) or an integer > 0",
+        absolute,
+    )
     family = env_family(cfg.env)
     space, supported = family.action_space(cfg.env), ALGORITHMS[cfg.algorithm.name][0].action_spaces
     _check(

@@ -35,6 +35,7 @@ from kpg_lightning.callbacks import (
     FramesProgressBar,
     KCostCallback,
     KPGDiagnostics,
+    policy_state,
     quiet_known_noise,
     sigusr1_as_sigterm,
 )
@@ -47,7 +48,10 @@ from kpg_lightning.errors import CheckpointError, ConfigError, NonFiniteError, P
 from kpg_lightning.experience import Experience
 from kpg_lightning.module import KPGModule
 
-__all__ = ["compose_config", "main", "precheck", "resolve_checkpoint", "run", "train", "write_json"]
+__all__ = ["POLICY", "compose_config", "main", "precheck", "resolve_checkpoint", "run", "train", "write_json"]
+
+POLICY = "policy.pt"
+"""The run directory's policy weights, written at the end of training (:func:`write_policy`)."""
 
 precheck = cli.precheck  # the command line's composition check, where benchmarks and tests import it
 
@@ -85,6 +89,21 @@ def global_rank() -> int:
     return int(os.environ.get("NODE_RANK", 0)) * int(os.environ.get("LOCAL_WORLD_SIZE", 1)) + int(
         os.environ.get("LOCAL_RANK", 0)
     )
+
+
+def write_policy(
+    path: Path, config: dict[str, Any], frames: int, last: dict[str, torch.Tensor], best: dict[str, Any] | None
+) -> None:
+    """``policy.pt`` atomically: the run's config, the last policy weights and the best evaluated ones (or None),
+    a plain dict that ``torch.load(path, weights_only=True)`` reads."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"format": 1, "config": config, "last": {"frames": int(frames), "state_dict": last}, "best": best}, tmp)
+    os.replace(tmp, path)
+
+
+def actor_optimizer(trainer: Trainer) -> str:
+    """The actor optimizer the run used (``kpg.actor_optimizer: auto`` resolved): its class name, lower case."""
+    return type(trainer.optimizers[0]).__name__.lower()
 
 
 _eval_envs = eval_env_kwargs  # where tests import it
@@ -190,6 +209,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         cfg.eval.episodes,
         cfg.eval.every_frames,
         max_steps=cfg.eval.max_steps or cfg.env.get("max_steps", 1000),
+        absolute_episodes=cfg.eval.absolute_episodes,
     )
     diagnostics = KPGDiagnostics(cfg.kpg.log_every_n_steps)
     callbacks = [k_cost, diagnostics, evaluation]
@@ -226,16 +246,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "train_steps": module.train_steps,
         "iterations": experience.iterations,
         "eval_return_mean": history[-1]["return_mean"] if history else None,
-        "eval_return_history": [
-            {
-                "frames": h["frames"],
-                "return_mean": h["return_mean"],
-                "return_std": h["return_std"],
-                **({"win_rate": h["win_rate"]} if "win_rate" in h else {}),
-            }
-            for h in history
-        ],
         **({"eval_win_rate": history[-1]["win_rate"]} if history and "win_rate" in history[-1] else {}),
+        **evaluation.summary(),  # eval_return_history (per-episode returns included) and the absolute metric
+        "actor_optimizer": actor_optimizer(trainer) if algorithm.has_actor else None,
         **k_cost.summary(),
         "kpg": diagnostics.summary(),
         "resumed_from": str(checkpoint) if checkpoint else None,
@@ -246,6 +259,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         write_json(run_dir / "summary.json", summary)
+        write_policy(run_dir / POLICY, config, module.frames, policy_state(algorithm.policy()), evaluation.best)
     if module.stopped_by:
         raise NonFiniteError(module.stopped_by)
     return summary

@@ -26,6 +26,7 @@ TINY = [
     "buffer.batch_size=32",
     "buffer.updates_per_batch=2",
     "eval.episodes=2",
+    "eval.absolute_episodes=2",  # one rollout (null: 10; tests/test_absolute.py runs that)
     "eval.every_frames=320",
     "checkpoint.every_frames=320",
     "trainer.enable_progress_bar=false",

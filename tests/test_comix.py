@@ -291,6 +291,7 @@ TINY_MUJOCO = [
     "algorithm.cem_elites=4",
     "eval.every_frames=1000",
     "eval.episodes=2",
+    "eval.absolute_episodes=2",
     "checkpoint.every_frames=100000",
     "trainer.enable_progress_bar=false",
     "logger.tensorboard=null",
@@ -311,3 +312,4 @@ def test_tiny_halfcheetah_run_writes_summary(tmp_path):
     assert summary["train_steps"] == 151 * 10  # batches of 10 frames at 500, 510, ..., 2000, 10 updates each
     assert [h["frames"] for h in summary["eval_return_history"]] == [0, 1000, 2000]
     assert all(abs(h["return_mean"]) < 1e4 for h in summary["eval_return_history"])
+    assert summary["actor_optimizer"] is None and len(summary["absolute_returns"]) == 2  # the agent is the policy

@@ -23,8 +23,9 @@ RENAMED = {"epsilon_frames": "epsilon_anneal_frames", "hypernet_hidden": "mixer_
 
 
 # Settings added after the fixtures were captured, with their defaults (which keep what runs where as before on a
-# CPU machine): where the simulator runs and where replay is stored (``auto``: the training device when possible).
-ADDED = {("env", "device"): "auto", ("buffer", "device"): "auto"}
+# CPU machine): where the simulator runs and where replay is stored (``auto``: the training device when possible), the
+# absolute metric's episodes (null: 10 x eval.episodes; it runs after training).
+ADDED = {("env", "device"): "auto", ("buffer", "device"): "auto", ("eval", "absolute_episodes"): None}
 ADDED_TOP = {"compile": "none", "progress": {"every_s": 30.0}}
 """Keys added since the fixtures were captured, with their defaults: in a group, and at the root."""
 
@@ -66,10 +67,13 @@ NUMBERS = ("frames", "train_steps", "iterations", "eval_return_mean", "eval_retu
 
 @needs_vmas
 def test_default_run_gives_the_same_numbers(tmp_path):
-    result = run_train(
-        tmp_path / "run", "seed=0", "max_frames=6000", "trainer.enable_progress_bar=false", "logger.tensorboard=null"
-    )
+    absolute = "eval.absolute_episodes=10"  # after training (numbers unchanged); the default 100 take ~15 s more
+    flags = ("trainer.enable_progress_bar=false", "logger.tensorboard=null", absolute)
+    result = run_train(tmp_path / "run", "seed=0", "max_frames=6000", *flags)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     expected = json.loads((FIXTURES / "default_run_summary.json").read_text())
+    for h in summary["eval_return_history"]:  # per-episode returns were added since (their means are compared)
+        assert len(h.pop("returns")) == 10 and "wins" not in h
+    assert summary["absolute_episodes"] == 10 and summary["absolute_frames"] == 0  # the best: the initial policy
     assert {key: summary[key] for key in NUMBERS} == {key: expected[key] for key in NUMBERS}

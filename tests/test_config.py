@@ -75,6 +75,8 @@ CASES = [
     (["checkpoint.keep_last=0"], "checkpoint.keep_last", "a number > 0"),
     (["eval.episodes=0"], "eval.episodes", "a number > 0"),
     (["eval.max_steps=0"], "eval.max_steps", "null or an integer > 0"),
+    (["eval.absolute_episodes=-1"], "eval.absolute_episodes=-1", "null (10 x eval.episodes), 0 (off) or an integer"),
+    (["eval.absolute_episodes=ten"], "eval.absolute_episodes", "could not be converted to Integer"),
     (["buffer.episode_length=0"], "buffer.episode_length", "null or an integer > 0"),
     (["env.device=gpu"], "env.device", "auto, cpu, cuda or cuda:N"),
     (["buffer.device=cuda0"], "buffer.device", "auto, cpu, cuda or cuda:N"),

@@ -36,5 +36,10 @@ def test_ranks_agree_after_every_level_while_data_differ(tmp_path, monkeypatch):
     assert all(a != b for a, b in zip(ranks[0]["batches"], ranks[1]["batches"], strict=True)), "ranks saw same data"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["frames"] == 960 and ranks[0]["frames"] == ranks[1]["frames"] == 960
+    # each evaluation holds both ranks' episodes (2 each); the absolute metric's 2 are split over the ranks
+    assert [len(h["returns"]) for h in summary["eval_return_history"]] == [4, 4, 4, 4]
+    assert summary["absolute_episodes"] == len(summary["absolute_returns"]) == 2
+    assert summary["absolute_frames"] in [h["frames"] for h in summary["eval_return_history"]]
+    assert (tmp_path / "run" / "policy.pt").is_file()
     ckpt = tmp_path / "run" / "checkpoints" / "frames_000000000960"
     assert (ckpt / "replay_rank0").is_dir() and (ckpt / "replay_rank1").is_dir()

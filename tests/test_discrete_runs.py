@@ -67,6 +67,7 @@ TINY = [
     "buffer.updates_per_batch=2",
     "buffer.learning_starts=0",
     "eval.episodes=4",
+    "eval.absolute_episodes=4",
     "eval.every_frames=400",
     "checkpoint.every_frames=800",
     "trainer.enable_progress_bar=false",
@@ -86,3 +87,8 @@ def test_tiny_smax_run_writes_win_rate(tmp_path, experiment, recurrent):
     assert (summary["algorithm"], summary["env"], summary["k"], summary["frames"]) == (algorithm, "smax/3m", k, 800)
     assert summary["train_steps"] > 0 and 0.0 <= summary["eval_win_rate"] <= 1.0
     assert [h["frames"] for h in summary["eval_return_history"]] == [0, 400, 800]
+    assert all(len(h["wins"]) == len(h["returns"]) == 4 for h in summary["eval_return_history"])
+    wins = summary["absolute_wins"]  # the absolute metric picks the best policy by win rate where there is one
+    assert summary["absolute_metric"] == "win_rate" and len(wins) == len(summary["absolute_returns"]) == 4
+    assert summary["absolute_win_rate"] == pytest.approx(sum(wins) / 4) and set(wins) <= {0.0, 1.0}
+    assert summary["actor_optimizer"] == ("rmsprop" if k == 2 else "adam")

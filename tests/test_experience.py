@@ -119,6 +119,7 @@ def test_learning_rate_anneals_by_frames_and_resumes(tmp_path):
         "model.critic_hidden=[16]",
         "eval.every_frames=0",
         "eval.episodes=1",
+        "eval.absolute_episodes=1",
         "checkpoint.every_frames=80",
         "checkpoint.keep_last=5",
         "trainer.enable_progress_bar=false",

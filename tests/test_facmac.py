@@ -231,6 +231,7 @@ TINY_MUJOCO = [
     "buffer.updates_per_batch=5",
     "eval.every_frames=200",
     "eval.episodes=2",
+    "eval.absolute_episodes=2",
     "checkpoint.every_frames=100000",
     "trainer.enable_progress_bar=false",
     "logger.tensorboard=null",

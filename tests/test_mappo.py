@@ -34,6 +34,7 @@ SMAX_TINY = [
     "collector.frames_per_batch=256",
     "max_frames=512",
     "eval.episodes=2",
+    "eval.absolute_episodes=2",
     "eval.every_frames=0",
     "checkpoint.every_frames=512",
     "trainer.enable_progress_bar=false",

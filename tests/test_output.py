@@ -25,6 +25,7 @@ SMALL = [  # the default run, smaller and shorter: 20 training steps of 160 fram
     "buffer.batch_size=32",
     "buffer.updates_per_batch=2",
     "eval.episodes=2",
+    "eval.absolute_episodes=2",
     "eval.every_frames=1600",
     "checkpoint.every_frames=1600",
     "max_frames=3200",

@@ -313,6 +313,7 @@ SMAX_TINY = [
     "algorithm.mixer_hypernet_hidden=8",
     "algorithm.mixer_embed_dim=8",
     "eval.episodes=4",
+    "eval.absolute_episodes=4",
     "eval.every_frames=0",
     "checkpoint.every_frames=768",
     "trainer.enable_progress_bar=false",
@@ -330,6 +331,7 @@ def test_tiny_smax_run_writes_win_rate(tmp_path, name):
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert (summary["algorithm"], summary["env"], summary["k"], summary["frames"]) == (name, "smax/3m", 1, 768)
     assert 0.0 <= summary["eval_win_rate"] <= 1.0 and summary["train_steps"] > 0
+    assert summary["actor_optimizer"] is None and summary["absolute_metric"] == "win_rate"  # value-based: no actor
     # the checkpointed replay holds whole padded episodes without the GRU states the loss recomputes
     (storage,) = (tmp_path / "run" / "checkpoints").glob("frames_*/replay_rank0/storage")
     stored = {path.relative_to(storage).as_posix() for path in storage.rglob("*.memmap")}
