@@ -99,7 +99,7 @@ def _policy_file(run_dir: Path, path: Path) -> dict:
     from kpg_lightning.assemble import make_acting_algorithm, make_eval_env
     from kpg_lightning.weights import load_source, structured_configs
 
-    source = load_source(str(run_dir), "last")
+    source = load_source(str(run_dir / "checkpoints" / "last.ckpt"), "last")  # the algorithm's whole state
     algorithm_cfg, model_cfg = structured_configs(source.config)
     env = make_eval_env(OmegaConf.create(source.config["env"]), 1, seed=0, device="cpu")
     algorithm = make_acting_algorithm(algorithm_cfg, model_cfg, env)
@@ -136,6 +136,21 @@ def test_policy_file_last_and_best(default_run, tmp_path):
 
 
 @needs_vmas
+def test_training_policy_file_best_equals_its_checkpoint(default_run, tmp_path):
+    """The run's own ``policy.pt`` (written by training) and its final checkpoint's evaluation-callback state name
+    the same best weights: the frames of summary.json's absolute metric, identical returns either way."""
+    summary = json.loads((default_run / "summary.json").read_text())
+    stored = torch.load(default_run / "policy.pt", weights_only=True)
+    assert stored["best"]["frames"] == summary["absolute_frames"]
+    ckpt = default_run / "checkpoints" / "last.ckpt"
+    _, from_file = _evaluate(str(default_run), "weights=best", "episodes=4", f"out={tmp_path / 'p.json'}")
+    _, from_ckpt = _evaluate(str(ckpt), "weights=best", "episodes=4", f"out={tmp_path / 'c.json'}")
+    assert from_file["weights"] == from_ckpt["weights"] == "best"
+    assert from_file["frames"] == from_ckpt["frames"] == summary["absolute_frames"]
+    assert from_file["returns"] == from_ckpt["returns"]
+
+
+@needs_vmas
 def test_vmas_gif_rendered_headless(default_run, tmp_path):
     from PIL import Image
 
@@ -159,6 +174,15 @@ def _corrupt_copy(run_dir: Path, tmp_path: Path) -> Path:
     return ckpt
 
 
+def _without_best(run_dir: Path, tmp_path: Path) -> Path:
+    """The run's ``policy.pt`` as a run that kept no best weights writes it (``"best": None``)."""
+    stored = torch.load(run_dir / "policy.pt", weights_only=True)
+    path = tmp_path / "no_best" / "policy.pt"
+    path.parent.mkdir()
+    torch.save({**stored, "best": None}, path)
+    return path
+
+
 @needs_vmas
 def test_bad_input_one_line_exit_2(default_run, tmp_path, capsys):
     from kpg_lightning.evaluate import main
@@ -171,7 +195,7 @@ def test_bad_input_one_line_exit_2(default_run, tmp_path, capsys):
         ([str(default_run), "epsiodes=3"], "epsiodes is not allowed: not an option; options: episodes"),
         ([str(default_run), "episodes=0"], "episodes=0 is not allowed: an integer >= 1"),
         ([str(default_run), "weights=foo"], "weights='foo' is not allowed: last or best"),
-        ([str(default_run), "weights=best"], "weights=best is not allowed"),
+        ([str(_without_best(default_run, tmp_path)), "weights=best"], "weights=best is not allowed"),
         ([str(default_run), "render=maybe"], "render=maybe is not allowed: true or false"),
         ([], "one run directory, checkpoint or policy.pt is needed"),
     ]
