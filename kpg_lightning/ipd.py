@@ -21,13 +21,10 @@ agent's final P(cooperate | s)) and ``DIR/ipd.png`` (their course).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
 from kpg_lightning.errors import ConfigError
+from kpg_lightning.files import dump_json, replace_atomically
 from kpg_lightning.kpg import gradient_step, k_level_step
 from kpg_lightning.lookahead import proximal_lookahead, proximal_update, simultaneous_updates
 
@@ -240,18 +238,6 @@ def validate(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     return c
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through a temporary file in the same directory and ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -275,15 +261,9 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
     """Write ``ipd.json`` and ``ipd.png`` into ``out`` (each atomically); returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(out / "ipd.png", lambda tmp: _plot(report, tmp))
+    replace_atomically(out / "ipd.png", lambda tmp: _plot(report, tmp))
 
-    def dump(tmp: Path) -> None:
-        with open(tmp, "w") as fh:
-            json.dump(report, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    _replace_atomically(out / "ipd.json", dump)
+    dump_json(out / "ipd.json", report)
     return [out / "ipd.json", out / "ipd.png"]
 
 

@@ -32,12 +32,9 @@ and three figures (see :mod:`kpg_lightning.meetup_plots`).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -50,6 +47,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
 from kpg_lightning.errors import ConfigError
+from kpg_lightning.files import dump_json, replace_atomically
 from kpg_lightning.kpg import KLevelStats, gradient_step, k_level_step
 
 __all__ = [
@@ -300,18 +298,6 @@ def validate(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     return c
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through a temporary file in the same directory and ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_outputs(result: dict[str, Any], out: Path) -> list[Path]:
     """Write ``meetup.json`` and the three figures into ``out``; returns the paths written."""
     from kpg_lightning import meetup_plots  # matplotlib only when figures are wanted
@@ -326,16 +312,10 @@ def write_outputs(result: dict[str, Any], out: Path) -> list[Path]:
     }
     written = []
     for name, fig in figures.items():
-        _replace_atomically(out / name, partial(meetup_plots.save, fig))
+        replace_atomically(out / name, partial(meetup_plots.save, fig))
         written.append(out / name)
 
-    def dump(tmp: Path) -> None:
-        with open(tmp, "w") as fh:
-            json.dump(result, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    _replace_atomically(out / "meetup.json", dump)
+    dump_json(out / "meetup.json", result)
     return [out / "meetup.json", *written]
 
 
