@@ -268,6 +268,8 @@ def validate(cfg: DictConfig) -> None:
             f"1 for {cfg.algorithm.name} (value-based: no policy gradient to recurse)",
             cfg.kpg.k,
         )
+    for key, (value, why) in algorithm_cls.kpg_required.items():
+        _check(cfg.kpg[key] == value, f"kpg.{key}", f"{value} for {cfg.algorithm.name} ({why})", cfg.kpg[key])
     length = cfg.buffer.get("episode_length")
     _check(length is None or length > 0, "buffer.episode_length", "null or an integer > 0", length)
     if cfg.model.recurrent:

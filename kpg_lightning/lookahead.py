@@ -79,10 +79,13 @@ def proximal_update(
     beta: float = 0.0,
     divergence: Divergence | None = None,
     name: str = "pola loss",
+    step: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """``steps`` optimizer steps of ``params`` on ``objective() + beta · divergence(params, params⁰)`` (Outer-POLA's
-    proximal outer loop); ``objective`` is re-evaluated every step (it rebuilds the look-ahead). Returns the
-    first step's objective (before any step)."""
+    proximal outer loop); ``objective`` is re-evaluated every step (it rebuilds the look-ahead). ``step``: the
+    optimizer step to take on each loss (e.g. the K-level engine's, with its clipping and finite checks); default
+    :func:`~kpg_lightning.optim.gradient_step` of ``optimizer``. Returns the first step's objective (before any
+    step)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     anchor = [p.detach().clone() for p in params]
@@ -90,7 +93,10 @@ def proximal_update(
     for _ in range(steps):
         value = objective()
         loss = value + beta * divergence(params, anchor) if beta != 0.0 and divergence is not None else value
-        gradient_step(optimizer, loss, params=params, name=name)
+        if step is None:
+            gradient_step(optimizer, loss, params=params, name=name)
+        else:
+            step(loss)
         first = value.detach() if first is None else first
     assert first is not None
     return first

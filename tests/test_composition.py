@@ -9,12 +9,16 @@ resolve=False)`` for every experiment ("" is the default run); ``default_run_sum
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 from conftest import compose, needs_vmas, run_train
 from omegaconf import OmegaConf
+
+from kpg_lightning.algorithms.mappo import MappoConfig
+from kpg_lightning.algorithms.pola import PolaConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Settings renamed after the fixtures were captured, so that one setting has one name (``epsilon_anneal_frames`` in
@@ -58,8 +62,29 @@ def test_experiment_composes_as_before(name):
     assert composed(name) == BEFORE[name]
 
 
+def _as_pola(twin: dict) -> dict:
+    """``twin`` (a K2-MAPPO experiment) with algorithm pola — MAPPO's settings kept, POLA's own at their defaults —
+    and K = 1."""
+    mappo = {f.name for f in dataclasses.fields(MappoConfig)}
+    own = {f.name: f.default for f in dataclasses.fields(PolaConfig) if f.name not in mappo}
+    return {**twin, "algorithm": {**twin["algorithm"], "name": "pola", **own}, "kpg": {**twin["kpg"], "k": 1}}
+
+
+SMAX_ON_POLICY_MAPS = ("3m", "2s3z", "3s5z", "27m_vs_30m")
+ADDED_EXPERIMENTS = {f"pola_smax_{m}": (f"k2_mappo_smax_{m}", _as_pola) for m in SMAX_ON_POLICY_MAPS}
+"""Experiments added after the fixtures were captured: each composes as an experiment of the fixtures (its twin)
+with a stated change, so what the twin composes to is pinned and the change is all that differs."""
+
+
+@pytest.mark.parametrize("name", sorted(ADDED_EXPERIMENTS))
+def test_added_experiment_composes_as_its_twin_changed(name):
+    twin, change = ADDED_EXPERIMENTS[name]
+    assert composed(name) == change(BEFORE[twin])
+
+
 def test_every_experiment_has_a_fixture():
-    assert sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")) == sorted(n for n in BEFORE if n)
+    expected = sorted([n for n in BEFORE if n] + list(ADDED_EXPERIMENTS))
+    assert sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")) == expected
 
 
 NUMBERS = ("frames", "train_steps", "iterations", "eval_return_mean", "eval_return_history", "kpg")

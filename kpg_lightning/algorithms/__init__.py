@@ -6,6 +6,7 @@ from kpg_lightning.algorithms.comix import Comix, ComixConfig
 from kpg_lightning.algorithms.facmac import DiscreteFacmac, Facmac, FacmacConfig
 from kpg_lightning.algorithms.maddpg import DiscreteMaddpg, Maddpg, MaddpgConfig
 from kpg_lightning.algorithms.mappo import IppoConfig, Mappo, MappoConfig
+from kpg_lightning.algorithms.pola import Pola, PolaConfig
 from kpg_lightning.algorithms.qmix import IqlConfig, Qmix, QmixConfig, VdnConfig
 from kpg_lightning.config import ModelConfig
 from kpg_lightning.envs.info import EnvInfo
@@ -14,6 +15,7 @@ ALGORITHMS: dict[str, tuple[type[Algorithm], type[AlgorithmConfig]]] = {
     "maddpg": (Maddpg, MaddpgConfig),
     "mappo": (Mappo, MappoConfig),
     "ippo": (Mappo, IppoConfig),
+    "pola": (Pola, PolaConfig),
     "facmac": (Facmac, FacmacConfig),
     "qmix": (Qmix, QmixConfig),
     "vdn": (Qmix, VdnConfig),

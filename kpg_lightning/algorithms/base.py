@@ -140,6 +140,9 @@ class Algorithm(nn.Module):
     has_actor: ClassVar[bool] = True
     """False for value-based algorithms (QMIX, VDN, IQL, COMIX): no actor optimizer and no K-level step; every
     learned parameter is in ``critic_parameters`` and ``kpg.k`` must be 1."""
+    kpg_required: ClassVar[dict[str, Any]] = {}
+    """``kpg.<key>`` values the algorithm needs, with why (e.g. POLA, its own look-ahead: ``k`` 1), checked by
+    ``kpg_lightning.configure.validate``: ``{key: (value, reason)}``."""
     shares_live_forward: ClassVar[bool] = False
     """True where one level is one gradient step on a loss of the actor's own outputs on the batch, which are the same
     at every level (each restarts from θ): :meth:`live_forward` then runs once per K-level step, recorded with

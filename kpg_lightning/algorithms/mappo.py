@@ -14,7 +14,7 @@ Rollouts are ``[envs, T]``; minibatches split envs, never time, so recurrent act
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution
+from torch.func import functional_call
 from torchrl.envs import Transform
 from torchrl.modules import MaskedCategorical, ProbabilisticActor, TanhNormal
 from torchrl.objectives.value import MultiAgentGAE
@@ -84,6 +85,18 @@ class ActorNet(nn.Module):
         if not self.recurrent:
             return self._params(self.body(td.get(OBS)))
         return self._params(self.body.sequence(td.get(OBS), td.get(HIDDEN)[:, 0], td.get("is_init")))
+
+
+class _Sequence(nn.Module):
+    """``ActorNet.sequence`` as a module's forward, so that :func:`torch.func.functional_call` evaluates it at other
+    parameters (built per call: it registers nothing on the algorithm)."""
+
+    def __init__(self, net: ActorNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, td: TensorDictBase) -> tuple[Tensor, ...]:
+        return self.net.sequence(td)
 
 
 class ValueNet(nn.Module):
@@ -160,11 +173,16 @@ class Mappo(Algorithm):
     def critic_parameters(self) -> list[nn.Parameter]:
         return list(self.critic.parameters())
 
-    def distribution(self, td: TensorDictBase) -> Distribution:
-        """The current actor's per-agent distribution over a rollout (or minibatch) ``[envs, T]``."""
-        params = dict(
-            zip(["logits"] if self.info.discrete else ["loc", "scale"], self.actor_net.sequence(td), strict=True)
-        )
+    def distribution(self, td: TensorDictBase, at: Sequence[Tensor] | None = None) -> Distribution:
+        """The current actor's per-agent distribution over a rollout (or minibatch) ``[envs, T]``; ``at``: the
+        actor evaluated at these parameters instead (in :meth:`actor_parameters` order, e.g. a differentiable
+        look-ahead's), through :func:`torch.func.functional_call`."""
+        if at is None:
+            outputs = self.actor_net.sequence(td)
+        else:
+            names = [f"net.{name}" for name, _ in self.actor_net.named_parameters()]
+            outputs = functional_call(_Sequence(self.actor_net), dict(zip(names, at, strict=True)), (td,))
+        params = dict(zip(["logits"] if self.info.discrete else ["loc", "scale"], outputs, strict=True))
         if self.info.has_action_mask:
             params["mask"] = td.get(ACTION_MASK)
         self._sync_bounds()
@@ -231,12 +249,18 @@ class Mappo(Algorithm):
 
     def actor_loss(self, td: TensorDictBase, others: Tensor, *, live: Any = None) -> Tensor:
         """PPO-clip surrogate with the K-level ratio; advantages normalized over the minibatch."""
-        cfg = self.cfg
         dist = self.distribution(td)
-        ratio = self.ratio(dist.log_prob(td.get(ACTION)), td.get(LOGP), others)
+        return self.ppo_loss(td, dist, self.ratio(dist.log_prob(td.get(ACTION)), td.get(LOGP), others))
+
+    def advantages(self, td: TensorDictBase) -> Tensor:
+        """GAE advantages ``[..., N]``, standardized over the minibatch where ``normalize_advantage``."""
         adv = td.get(ADV).squeeze(-1)
-        if cfg.normalize_advantage:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        return (adv - adv.mean()) / (adv.std() + 1e-8) if self.cfg.normalize_advantage else adv
+
+    def ppo_loss(self, td: TensorDictBase, dist: Distribution, ratio: Tensor) -> Tensor:
+        """The PPO-clip loss of ``ratio [..., N]`` (every agent's, averaged), minus the entropy bonus of ``dist``."""
+        cfg = self.cfg
+        adv = self.advantages(td)
         surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - cfg.clip_epsilon, 1 + cfg.clip_epsilon) * adv)
         loss = -surrogate.mean()
         if cfg.entropy_coef:
