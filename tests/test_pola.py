@@ -10,10 +10,12 @@ import json
 import pytest
 import torch
 from conftest import compose, run_train
+from omegaconf import OmegaConf
 from tensordict import TensorDict
 from test_mappo import SMAX_TINY, assert_same_training_state, engine_update, rollout
 from torchrl.envs import Compose, EnvBase, TransformedEnv
 
+from kpg_lightning.algorithms import make_algorithm
 from kpg_lightning.algorithms.mappo import Mappo, MappoConfig
 from kpg_lightning.algorithms.pola import ANCHOR_LOGITS, ANCHOR_LOGP, Pola, PolaConfig
 from kpg_lightning.config import ModelConfig
@@ -126,10 +128,16 @@ def test_pola_refuses_continuous_actions():
         validate(compose(["algorithm=pola", "kpg.k=1"]))
 
 
-def test_experiment_validates():
-    validate(compose(["+experiment=pola_smax_3m"]))
+@needs_smax
+def test_experiment_validates_and_builds_pola(smax):
+    """The fast cover of the tiny run's path: the experiment's config validates and the registry builds POLA."""
+    cfg = compose(["+experiment=pola_smax_3m"])
+    validate(cfg)
+    alg = make_algorithm(OmegaConf.to_object(cfg.algorithm), EnvInfo.from_env(smax), OmegaConf.to_object(cfg.model))
+    assert type(alg) is Pola and alg.cfg == PolaConfig() and alg.model_cfg.recurrent
 
 
+@pytest.mark.slow  # ~70 s on a busy 2-core machine; the engine update and the config/registry tests cover the path
 @needs_smax
 def test_tiny_smax_run_writes_win_rate(tmp_path):
     tiny = ["algorithm.inner_steps=1", *SMAX_TINY]
