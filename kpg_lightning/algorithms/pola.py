@@ -28,10 +28,11 @@ bit for bit).
 its own is its agent id. POLA's per-agent parameters are therefore per-agent *outputs* of one network evaluated at
 different parameter values, as the K-level engine's per-agent level outputs are: in agent i's case, agent i's
 log-probs come from the live θ (one forward, shared by all cases) and every other agent's from the look-ahead
-parameters θ'_(i) — one copy of the actor started from θ⁰ (detached: the anchor), stepped on Σ_{j≠i} L_j with each
-agent's own log-prob live and the rest held (``sg``), so that the copy's step is the sum of the others' own
-gradients, as a shared learner's. The others' log-probs at θ'_(i) come from a ``functional_call`` of the same
-network (:meth:`Mappo.distribution` with ``at``). The N cases differ (case i excludes agent i from the look-ahead
+parameters θ'_(i) — one copy of the actor started from θ⁰ (detached: the anchor), stepped on the others' mean
+objective (1/(N−1)) Σ_{j≠i} L_j with each agent's own log-prob live and the rest held (``sg``), so that the copy's
+step is the mean of the others' own gradients, as a shared learner's (MAPPO's shared actor averages its agents').
+The others' log-probs at θ'_(i) come from a ``functional_call`` of the same network (:meth:`Mappo.distribution`
+with ``at``). The N cases differ (case i excludes agent i from the look-ahead
 and lets only agent i shape it), so there are N look-aheads per outer step; the shared θ then takes one step on
 the mean of the N agents' losses, as MAPPO's shared actor does — one update of the shared θ, so the per-agent
 save/restore of :func:`~kpg_lightning.lookahead.simultaneous_updates` (independent parameters) is not needed.
@@ -133,7 +134,7 @@ class Pola(Mappo):
         others = torch.tensor([j for j in range(n) if j != i], device=live_delta.device)
         action, anchor_logp, anchor_dist = td.get(ACTION), td.get(ANCHOR_LOGP), self._anchor(td)
 
-        def objective(params: Sequence[Tensor]) -> Tensor:  # the others' proximal inner objective, Σ_{j≠i} L_j
+        def objective(params: Sequence[Tensor]) -> Tensor:  # the others' proximal inner objective, mean_{j≠i} L_j
             dist = self.distribution(td, at=params)
             delta = (dist.log_prob(action) - anchor_logp).index_select(-1, others)
             held = delta.detach()
