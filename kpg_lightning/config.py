@@ -14,12 +14,24 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
 
-__all__ = ["Config", "KPGConfig", "ModelConfig", "ProgressConfig"]
+__all__ = ["Config", "KPGConfig", "ModelConfig", "ProgressConfig", "is_int", "is_number"]
+
+
+def is_int(value: Any) -> bool:
+    """An integer setting (``True``/``False`` are not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite real-number setting (``True``/``False`` are not one)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
 
 ACTOR_OPTIMIZERS = ("auto", "rmsprop", "adam", "sgd")
 KPG_SCOPES = ("update", "step")

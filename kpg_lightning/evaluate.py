@@ -40,6 +40,7 @@ from kpg_lightning.envs.render import (
     video_problem,
 )
 from kpg_lightning.errors import ConfigError
+from kpg_lightning.report_stats import iqm
 from kpg_lightning.weights import load_source, structured_configs
 
 __all__ = ["EVALUATE_SEED_OFFSET", "Options", "evaluate", "main", "parse_args"]
@@ -161,14 +162,6 @@ def _device(value: str) -> torch.device:
     return torch.device(value)
 
 
-def _iqm(values: list[float]) -> float:
-    """Interquartile mean: the mean of the middle 50 % (``scipy.stats.trim_mean(x, 0.25)``, as rliable's IQM)."""
-    ordered = sorted(values)
-    cut = int(0.25 * len(ordered))
-    middle = ordered[cut : len(ordered) - cut]
-    return float(sum(middle) / len(middle))
-
-
 def _versions(family: str) -> dict[str, str | None]:
     packages = ("torch", "torchrl", "tensordict", "lightning", *SIMULATORS.get(family, ()))
     out: dict[str, str | None] = {"kpg_lightning": __version__, "python": platform.python_version()}
@@ -243,7 +236,7 @@ def evaluate(path: str, options: Options) -> dict[str, Any]:
         "return_std": float(tensor.std(unbiased=False)),
         "return_min": float(tensor.min()),
         "return_max": float(tensor.max()),
-        "return_iqm": _iqm(returns),
+        "return_iqm": iqm(returns),
         "returns": returns,
         **(
             {"win_rate": float(results["won"].mean()), "wins": [float(w) for w in results["won"]]}

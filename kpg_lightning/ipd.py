@@ -22,7 +22,6 @@ agent's final P(cooperate | s)) and ``DIR/ipd.png`` (their course).
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
+from kpg_lightning.config import is_int, is_number
 from kpg_lightning.errors import ConfigError
 from kpg_lightning.files import dump_json, replace_atomically
 from kpg_lightning.kpg import gradient_step, k_level_step
@@ -60,22 +60,9 @@ PAYOFF = ((-1.0, -1.0), (-3.0, 0.0), (0.0, -3.0), (-2.0, -2.0))
 """Rewards (agent 1, agent 2) in the joint states CC, CD, DC, DD (agent 1's move first)."""
 _SWAPPED = [0, 1, 3, 2, 4]  # agent 2's logits in agent 1's order of the joint states
 ALGORITHMS = ("naive", "kpg", "pola")
-DEFAULTS: dict[str, Any] = {
-    "algorithm": "pola",
-    "k": 1,
-    "seed": 0,
-    "updates": 150,
-    "gamma": 0.96,
-    "init_std": 0.5,
-    "lr": 3.0,  # naive / kpg: gradient ascent step (SGD) on V_i
-    "inner_steps": 2,
-    "outer_steps": 4,
-    "lr_in": 2.0,
-    "lr_out": 1.0,
-    "beta_in": 2.0,
-    "beta_out": 2.0,
-    "out": None,
-}
+CONFIG = Path(__file__).resolve().parent / "conf" / "ipd.yaml"
+DEFAULTS: dict[str, Any] = OmegaConf.to_container(OmegaConf.load(CONFIG))  # type: ignore[assignment]
+"""The settings and their defaults: ``conf/ipd.yaml``, their one home (documented there)."""
 
 
 def _joint(a: Tensor, b: Tensor) -> Tensor:
@@ -199,14 +186,6 @@ def summary(result: dict[str, Any], c: dict[str, Any], index: int = 0) -> dict[s
     }
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def validate(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """Check the CLI config and return it as plain values; :class:`ConfigError` (one line: the key, the bad value
     and what is allowed) on a bad or unknown key."""
@@ -217,21 +196,21 @@ def validate(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     c = {**DEFAULTS, **c}
     if c["algorithm"] not in ALGORITHMS:
         raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {c['algorithm']!r}")
-    if not _is_int(c["k"]) or c["k"] < 1:
+    if not is_int(c["k"]) or c["k"] < 1:
         raise ConfigError(f"k must be an integer >= 1, got {c['k']!r}")
     if c["k"] != 1 and c["algorithm"] != "kpg":
         raise ConfigError(f"k must be 1 with algorithm={c['algorithm']} (levels are for algorithm=kpg), got {c['k']!r}")
     for key in ("seed", "updates", "inner_steps", "outer_steps"):
         low = 0 if key == "seed" else 1
-        if not _is_int(c[key]) or c[key] < low:
+        if not is_int(c[key]) or c[key] < low:
             raise ConfigError(f"{key} must be an integer >= {low}, got {c[key]!r}")
-    if not _is_number(c["gamma"]) or not 0 < c["gamma"] < 1:
+    if not is_number(c["gamma"]) or not 0 < c["gamma"] < 1:
         raise ConfigError(f"gamma must be a number in (0, 1), got {c['gamma']!r}")
     for key in ("init_std", "lr", "lr_in", "lr_out"):
-        if not _is_number(c[key]) or c[key] <= 0:
+        if not is_number(c[key]) or c[key] <= 0:
             raise ConfigError(f"{key} must be a finite number > 0, got {c[key]!r}")
     for key in ("beta_in", "beta_out"):
-        if not _is_number(c[key]) or c[key] < 0:
+        if not is_number(c[key]) or c[key] < 0:
             raise ConfigError(f"{key} must be a finite number >= 0, got {c[key]!r}")
     if c["out"] is not None and not isinstance(c["out"], str):
         raise ConfigError(f"out must be null (outputs/ipd/...) or a directory path, got {c['out']!r}")
@@ -267,9 +246,6 @@ def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
     return [out / "ipd.json", out / "ipd.png"]
 
 
-CONFIG = Path(__file__).resolve().parent / "conf" / "ipd.yaml"
-
-
 def parse(argv: Sequence[str]) -> dict[str, Any]:
     """``key=value`` arguments over ``conf/ipd.yaml``, validated. Not through Hydra: its ``algorithm`` would be the
     training config's group of that name, not this game's setting."""
@@ -280,7 +256,7 @@ def parse(argv: Sequence[str]) -> dict[str, Any]:
         overrides = OmegaConf.from_dotlist(list(argv))
     except Exception as exc:  # omegaconf's grammar errors
         raise ConfigError(f"{' '.join(argv)} is not allowed: {str(exc).splitlines()[0]}") from exc
-    return validate(OmegaConf.merge(OmegaConf.load(CONFIG), overrides))
+    return validate(OmegaConf.merge(OmegaConf.create(DEFAULTS), overrides))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

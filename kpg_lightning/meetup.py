@@ -46,6 +46,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
+from kpg_lightning.config import is_int, is_number
 from kpg_lightning.errors import ConfigError
 from kpg_lightning.files import dump_json, replace_atomically
 from kpg_lightning.kpg import KLevelStats, gradient_step, k_level_step
@@ -264,34 +265,26 @@ def report(
     }
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def validate(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """Check the CLI config and return it as plain values; raise :class:`ConfigError` (one line naming the key and
     what is allowed) on a bad value."""
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig | ListConfig) else dict(cfg)
-    if not _is_int(c.get("k")) or c["k"] < 1:
+    if not is_int(c.get("k")) or c["k"] < 1:
         raise ConfigError(f"k must be an integer >= 1, got {c.get('k')!r}")
-    if not _is_number(c.get("eta")) or c["eta"] <= 0:
+    if not is_number(c.get("eta")) or c["eta"] <= 0:
         raise ConfigError(f"eta must be a finite number > 0, got {c.get('eta')!r}")
     theta = c.get("theta")
-    if not isinstance(theta, list) or len(theta) != N_AGENTS or not all(_is_number(t) for t in theta):
+    if not isinstance(theta, list) or len(theta) != N_AGENTS or not all(is_number(t) for t in theta):
         raise ConfigError(f"theta must be a list of 2 finite numbers (angles in radians), got {theta!r}")
-    if not _is_int(c.get("steps")) or c["steps"] < 1:
+    if not is_int(c.get("steps")) or c["steps"] < 1:
         raise ConfigError(f"steps must be an integer >= 1, got {c.get('steps')!r}")
     ks = c.get("ks")
-    if not isinstance(ks, list) or not ks or not all(_is_int(kk) and kk >= 1 for kk in ks):
+    if not isinstance(ks, list) or not ks or not all(is_int(kk) and kk >= 1 for kk in ks):
         raise ConfigError(f"ks must be a non-empty list of integers >= 1, got {ks!r}")
     if c.get("optimizer") not in OPTIMIZERS:
         raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.get('optimizer')!r}")
     tol = c.get("adaptive_tol")
-    if tol is not None and (not _is_number(tol) or tol <= 0):
+    if tol is not None and (not is_number(tol) or tol <= 0):
         raise ConfigError(f"adaptive_tol must be null or a number > 0, got {tol!r}")
     if c.get("out") is not None and not isinstance(c["out"], str):
         raise ConfigError(f"out must be null (the Hydra run dir) or a directory path, got {c['out']!r}")

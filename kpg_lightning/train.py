@@ -23,7 +23,6 @@ from torchrl.envs import EnvBase
 
 from kpg_lightning import cli
 from kpg_lightning.assemble import (
-    eval_env_kwargs,
     make_acting_algorithm,
     make_eval_env,
     with_episode_returns,
@@ -104,9 +103,6 @@ def write_policy(
 def actor_optimizer(trainer: Trainer) -> str:
     """The actor optimizer the run used (``kpg.actor_optimizer: auto`` resolved): its class name, lower case."""
     return type(trainer.optimizers[0]).__name__.lower()
-
-
-_eval_envs = eval_env_kwargs  # where tests import it
 
 
 def episode_length(cfg: DictConfig, env: EnvBase) -> int:

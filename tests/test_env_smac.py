@@ -251,7 +251,7 @@ def test_evaluation_builds_one_game_and_runs_episodes_in_rounds() -> None:
     """32 SMAC test episodes must not start 32 StarCraft II processes (nor pass ``num_envs`` to the game)."""
     from conftest import compose
 
-    from kpg_lightning.train import _eval_envs
+    from kpg_lightning.assemble import eval_env_kwargs as _eval_envs
 
     assert _eval_envs(compose(["env=smac"]).env, 32) == {}
     assert _eval_envs(compose(["env=smax"]).env, 32) == {"num_envs": 32}
