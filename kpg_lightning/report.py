@@ -136,9 +136,13 @@ def summarise(
     confidence: float = 0.95,
     seed: int = 0,
     aggregates: bool = True,
+    compare: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """All the report's numbers (what ``results.json`` holds): cells, curves, relative improvements and, with
-    ``aggregates``, rliable's statistics over tasks (:func:`kpg_lightning.report_aggregate.aggregate`)."""
+    ``aggregates``, rliable's statistics over tasks (:func:`kpg_lightning.report_aggregate.aggregate`).
+
+    ``compare``: more ``(cell, baseline)`` pairs, by cell name (``POLA K=1``), for the probability of improvement
+    (every K > 1 cell against its K = 1 cells is always there), e.g. a baseline algorithm against another."""
     tasks = sorted({r.task for r in runs})
     metric = {t: "win_rate" if all("win_rate" in r.finals for r in runs if r.task == t) else "return" for t in tasks}
     by_cell, duplicates = _cells(runs)
@@ -175,12 +179,20 @@ def summarise(
             }
         )
     relative = _relative(groups)
+    known = list(dict.fromkeys(g["name"] for g in groups))
+    for pair in compare:
+        for name in pair:
+            if name not in known:
+                raise ValueError(f"--compare: no cell named {name!r}; the cells are {', '.join(map(repr, known))}")
+        if pair[0] == pair[1]:
+            raise ValueError(f"--compare: {pair[0]!r} against itself; name two different cells")
     results = {
         "metric_by_task": metric,
         "groups": groups,
         "relative": relative,
         "incomplete": list(incomplete),
         "duplicates": duplicates,
+        "compare": [list(p) for p in compare],
         "bootstrap": {
             "method": "rliable stratified bootstrap, percentile CIs",
             "resamples": resamples,
@@ -191,7 +203,8 @@ def summarise(
     if aggregates:
         from kpg_lightning.report_aggregate import aggregate
 
-        pairs = list(dict.fromkeys((r["name"], r["baseline"]) for r in relative["rows"] if r["baseline"]))
+        pairs = [(r["name"], r["baseline"]) for r in relative["rows"] if r["baseline"]]
+        pairs = list(dict.fromkeys([*pairs, *(tuple(p) for p in compare)]))
         results["aggregate"] = aggregate(groups, metric, pairs, resamples, confidence, seed)
     return results
 
@@ -243,9 +256,11 @@ def write_report(
     confidence: float = 0.95,
     seed: int = 0,
     marl_eval: str | Path | None = None,
+    compare: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """Find the runs below ``roots`` (one directory or several), write the PNGs, the markdown tables and
-    ``results.json`` to ``out`` and, with ``marl_eval``, marl-eval's JSON there.
+    ``results.json`` to ``out`` and, with ``marl_eval``, marl-eval's JSON there; ``compare`` as in
+    :func:`summarise`.
 
     Returns the results, with ``files`` naming what was written (and ``marl_eval_notes``: how the export aligned
     the runs).
@@ -257,7 +272,7 @@ def write_report(
     runs, incomplete = find_runs(*roots)
     if not runs:
         raise FileNotFoundError(f"no finished run (a directory with summary.json) below {', '.join(map(str, roots))}")
-    results = {"roots": [str(r) for r in roots], **summarise(runs, incomplete, resamples, confidence, seed)}
+    results = {"roots": [str(r) for r in roots], **summarise(runs, incomplete, resamples, confidence, seed, compare=compare)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = write_plots(results, out)
@@ -300,6 +315,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence level (default: 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("CELL", "BASELINE"),
+        help="also estimate P(CELL > BASELINE) by cell name, e.g. --compare 'POLA K=1' 'MAPPO K=1' (repeatable; "
+        "every K > 1 cell against its K = 1 cells is always reported)",
+    )
     args = parser.parse_args(argv)
     if args.resamples < 1:
         parser.exit(2, f"error: --resamples={args.resamples}: must be a positive integer\n")
@@ -307,7 +331,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.exit(2, f"error: --confidence={args.confidence}: must be between 0 and 1 (exclusive)\n")
     out = args.out or args.runs[0] / "report"
     try:
-        results = write_report(args.runs, out, args.resamples, args.confidence, args.seed, args.marl_eval)
+        results = write_report(
+            args.runs, out, args.resamples, args.confidence, args.seed, args.marl_eval, [tuple(c) for c in args.compare]
+        )
     except (FileNotFoundError, ValueError) as exc:
         parser.exit(1, f"error: {exc}\n")
     except ModuleNotFoundError as exc:

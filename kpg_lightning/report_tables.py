@@ -193,11 +193,14 @@ def aggregate_table(results: dict[str, Any]) -> str:
 
 
 def improvement_table(results: dict[str, Any]) -> str:
-    """``improvement.md``: probability of improvement of each K > 1 cell over each K = 1 cell of its variant."""
+    """``improvement.md``: probability of improvement of each K > 1 cell over each K = 1 cell of its variant, and of
+    each pair asked for with ``--compare``."""
     agg = results["aggregate"]
     rows = agg["improvement"]
+    asked = results.get("compare") or []
+    title = "over K = 1" if not asked else "(K > 1 over K = 1, and the pairs asked for with --compare)"
     lines = [
-        "# Probability of improvement over K = 1",
+        f"# Probability of improvement {title}",
         "",
         "P(X > Y): the probability that a run of X scores higher than a run of Y on a task (Mann–Whitney U / "
         "(n_X n_Y)), averaged over the tasks named, on the normalised scores of the last evaluation (see "
@@ -206,7 +209,7 @@ def improvement_table(results: dict[str, Any]) -> str:
         "",
     ]
     if not rows:
-        return "\n".join([*lines, "No K > 1 cell with a K = 1 cell of the same variant.", ""])
+        return "\n".join([*lines, "No K > 1 cell with a K = 1 cell of the same variant, no pair asked for.", ""])
     subsets = list(dict.fromkeys(t for r in rows for t in r["by_tasks"]))
     lines += ["| X | Y | " + " | ".join(subsets) + " |", "|---|---|" + "---|" * len(subsets)]
     for r in rows:

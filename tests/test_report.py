@@ -317,3 +317,34 @@ def test_committed_results_match_their_runs(tmp_path):
         (task, k, 5) for task in ("vmas/balance", "vmas/navigation", "vmas/sampling") for k in (1, 2)
     }
     assert results["incomplete"] == [] and results["duplicates"] == []
+
+
+@needs_mpl
+def test_compare_adds_a_probability_of_improvement_between_any_two_cells(tmp_path):
+    """--compare: P(X > Y) of two cells the K pairing does not relate (here the two K = 1 optimizers of the committed
+    study), equal to the Mann–Whitney count by hand on every task, complementary to the reverse pair, in
+    improvement.md; an unknown cell name is a one-line error that lists the cells."""
+    runs = ROOT / "docs" / "results" / "vmas_maddpg_k1_k2" / "runs"
+    x, y = "MADDPG K=1 (rmsprop)", "MADDPG K=1 (adam)"
+    results = write_report(runs, tmp_path, resamples=REPS, compare=[(x, y), (y, x)])
+    rows = {(r["name"], r["baseline"]): r["by_tasks"] for r in results["aggregate"]["improvement"]}
+    assert ("MADDPG K=2 (rmsprop)", y) in rows  # the K pairs stay
+    finals = {(g["name"], g["task"]): g["values"] for g in results["groups"]}
+    for task in ("vmas/balance", "vmas/navigation", "vmas/sampling"):
+        a, b = np.array(finals[x, task]), np.array(finals[y, task])
+        by_hand = ((a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])).mean()
+        assert rows[x, y][task]["p"] == pytest.approx(by_hand)
+        assert rows[x, y][task]["p"] + rows[y, x][task]["p"] == pytest.approx(1.0)
+    assert rows[x, y]["vmas/sampling"]["p"] > 0.5  # RMSProp's gain at K = 1 (docs/results/vmas_maddpg_k1_k2)
+    text = (tmp_path / "improvement.md").read_text()
+    assert "--compare" in text.splitlines()[0] and f"| {x} | {y} |" in text
+    assert results["compare"] == [[x, y], [y, x]]
+
+    out = subprocess.run(
+        [sys.executable, "-m", "kpg_lightning.report", str(runs), "--out", str(tmp_path / "bad"), "--compare", x, "POLA"],
+        capture_output=True,
+        text=True,
+        env=_with_root(dict(os.environ)),
+    )
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert "--compare: no cell named 'POLA'" in out.stderr and repr(y) in out.stderr
