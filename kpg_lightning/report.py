@@ -272,7 +272,10 @@ def write_report(
     runs, incomplete = find_runs(*roots)
     if not runs:
         raise FileNotFoundError(f"no finished run (a directory with summary.json) below {', '.join(map(str, roots))}")
-    results = {"roots": [str(r) for r in roots], **summarise(runs, incomplete, resamples, confidence, seed, compare=compare)}
+    results = {
+        "roots": [str(r) for r in roots],
+        **summarise(runs, incomplete, resamples, confidence, seed, compare=compare),
+    }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = write_plots(results, out)

@@ -341,7 +341,17 @@ def test_compare_adds_a_probability_of_improvement_between_any_two_cells(tmp_pat
     assert results["compare"] == [[x, y], [y, x]]
 
     out = subprocess.run(
-        [sys.executable, "-m", "kpg_lightning.report", str(runs), "--out", str(tmp_path / "bad"), "--compare", x, "POLA"],
+        [
+            sys.executable,
+            "-m",
+            "kpg_lightning.report",
+            str(runs),
+            "--out",
+            str(tmp_path / "bad"),
+            "--compare",
+            x,
+            "POLA",
+        ],
         capture_output=True,
         text=True,
         env=_with_root(dict(os.environ)),
