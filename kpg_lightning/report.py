@@ -11,6 +11,10 @@ Finds every run below the given directories (a directory holding ``summary.json`
 - ``aggregate.md``, ``improvement.md``, ``profile.png``, ``sample_efficiency.png``: rliable's IQM, mean and
   optimality gap over tasks on normalised scores, probability of improvement of each K over K = 1, performance
   profiles and IQM curves (:mod:`kpg_lightning.report_aggregate`);
+- with ``--axis KEY`` (a numeric setting of the runs' ``.hydra/config.yaml``, e.g. ``algorithm.actor_lr``):
+  ``sensitivity.md`` and ``sensitivity_<task>.png``, the final metric and each ``--axis-metric`` (a
+  ``csv/metrics.csv`` column, e.g. ``kpg/contraction_2``) against ``KEY``, one line per (variant without ``KEY``,
+  K, actor optimizer) (:mod:`kpg_lightning.report_sensitivity`);
 - ``results.json``: every number above; with ``--marl-eval``, marl-eval's raw-data JSON of the runs
   (:mod:`kpg_lightning.report_export`).
 
@@ -257,25 +261,37 @@ def write_report(
     seed: int = 0,
     marl_eval: str | Path | None = None,
     compare: Sequence[tuple[str, str]] = (),
+    axis: str | None = None,
+    axis_metrics: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Find the runs below ``roots`` (one directory or several), write the PNGs, the markdown tables and
     ``results.json`` to ``out`` and, with ``marl_eval``, marl-eval's JSON there; ``compare`` as in
-    :func:`summarise`.
+    :func:`summarise`; with ``axis``, the sensitivity to that setting
+    (:func:`kpg_lightning.report_sensitivity.sensitivity`, also of the ``axis_metrics`` columns).
 
     Returns the results, with ``files`` naming what was written (and ``marl_eval_notes``: how the export aligned
     the runs).
     """
     from kpg_lightning.report_plots import write_plots
-    from kpg_lightning.report_tables import aggregate_table, improvement_table
+    from kpg_lightning.report_tables import aggregate_table, improvement_table, sensitivity_table
 
     roots = [roots] if isinstance(roots, str | Path) else list(roots)
     runs, incomplete = find_runs(*roots)
     if not runs:
         raise FileNotFoundError(f"no finished run (a directory with summary.json) below {', '.join(map(str, roots))}")
+    if axis_metrics and axis is None:
+        raise ValueError(f"axis_metrics={list(axis_metrics)}: need an axis (the setting they are plotted against)")
+    if axis is not None:  # before the bootstrap and any file: a run without a numeric axis value is an error
+        from kpg_lightning.report_sensitivity import axis_value, sensitivity
+
+        for run in runs:
+            axis_value(run.path, axis)
     results = {
         "roots": [str(r) for r in roots],
         **summarise(runs, incomplete, resamples, confidence, seed, compare=compare),
     }
+    if axis is not None:
+        results["sensitivity"] = sensitivity(runs, axis, axis_metrics, results["metric_by_task"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = write_plots(results, out)
@@ -285,6 +301,8 @@ def write_report(
         "aggregate.md": aggregate_table(results),
         "improvement.md": improvement_table(results),
     }
+    if axis is not None:
+        tables["sensitivity.md"] = sensitivity_table(results)
     for name, text in tables.items():
         _write(out / name, text)
         files.append(out / name)
@@ -327,7 +345,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="also estimate P(CELL > BASELINE) by cell name, e.g. --compare 'POLA K=1' 'MAPPO K=1' (repeatable; "
         "every K > 1 cell against its K = 1 cells is always reported)",
     )
+    parser.add_argument(
+        "--axis",
+        metavar="KEY",
+        default=None,
+        help="sensitivity to a numeric setting of the runs' .hydra/config.yaml, e.g. algorithm.actor_lr: "
+        "sensitivity.md and sensitivity_<task>.png",
+    )
+    parser.add_argument(
+        "--axis-metric",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="with --axis, also this csv/metrics.csv column (late-half mean per run), e.g. kpg/contraction_2; "
+        "repeatable",
+    )
     args = parser.parse_args(argv)
+    if args.axis_metric and args.axis is None:
+        parser.error("--axis-metric needs --axis KEY")
     if args.resamples < 1:
         parser.exit(2, f"error: --resamples={args.resamples}: must be a positive integer\n")
     if not 0 < args.confidence < 1:
@@ -335,7 +370,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = args.out or args.runs[0] / "report"
     try:
         results = write_report(
-            args.runs, out, args.resamples, args.confidence, args.seed, args.marl_eval, [tuple(c) for c in args.compare]
+            args.runs,
+            out,
+            args.resamples,
+            args.confidence,
+            args.seed,
+            args.marl_eval,
+            [tuple(c) for c in args.compare],
+            args.axis,
+            args.axis_metric,
         )
     except (FileNotFoundError, ValueError) as exc:
         parser.exit(1, f"error: {exc}\n")

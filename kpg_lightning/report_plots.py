@@ -2,7 +2,8 @@
 backend is switched.
 
 :func:`plot_task` (learning curves of one task), :func:`plot_profiles` (rliable's performance profiles) and
-:func:`plot_sample_efficiency` (IQM of normalised scores against frames) return a :class:`matplotlib.figure.Figure`
+:func:`plot_sample_efficiency` (IQM of normalised scores against frames) and :func:`plot_sensitivity` (final
+metric and ``--axis-metric`` columns against an ``--axis`` setting) return a :class:`matplotlib.figure.Figure`
 (show it in a notebook with ``display(fig)``); :func:`write_plots` writes them as PNGs.
 """
 
@@ -18,15 +19,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
-__all__ = ["plot_profiles", "plot_sample_efficiency", "plot_task", "png_name", "write_plots"]
+__all__ = ["plot_profiles", "plot_sample_efficiency", "plot_sensitivity", "plot_task", "png_name", "write_plots"]
 
 _Y_LABELS = {"return": "evaluation return (greedy policy)", "win_rate": "evaluation win rate (greedy policy)"}
 _LINESTYLES = ("-", "--", ":", "-.")
 
 
-def png_name(task: str) -> str:
-    """``vmas/balance`` → ``curves_vmas-balance.png``."""
-    return "curves_" + "".join(c if c.isalnum() or c in "-_." else "-" for c in task) + ".png"
+def png_name(task: str, prefix: str = "curves") -> str:
+    """``vmas/balance`` → ``curves_vmas-balance.png`` (``<prefix>_vmas-balance.png``)."""
+    return f"{prefix}_" + "".join(c if c.isalnum() or c in "-_." else "-" for c in task) + ".png"
 
 
 def plot_task(task: str, groups: list[dict[str, Any]]) -> Figure:
@@ -129,9 +130,48 @@ def plot_sample_efficiency(aggregate: dict[str, Any]) -> Figure:
     return fig
 
 
+def plot_sensitivity(task: str, sensitivity: dict[str, Any]) -> Figure:
+    """Mean ± s.e. over seeds against the ``--axis`` value, one line per (variant, K, actor optimizer) of ``task``:
+    the final metric, then a panel per ``--axis-metric`` (lines none of whose runs logs it left out); a log x axis
+    where the values are positive and span at least 4× (:func:`kpg_lightning.report_sensitivity.log_axis`)."""
+    entry, key = sensitivity["tasks"][task], sensitivity["key"]
+    panels = [None, *sensitivity["metrics"]]
+    fig = Figure(figsize=(5.2 * len(panels), 4.4 + 0.22 * len(entry["lines"])), layout="constrained")
+    FigureCanvasAgg(fig)
+    colors = _colors([line["name"] for line in entry["lines"]])
+    for i, metric in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for line in entry["lines"]:
+            stats = [p["final"] if metric is None else p["metrics"][metric] for p in line["points"]]
+            xy = [(p["value"], s["mean"], s["se"] or 0.0) for p, s in zip(line["points"], stats, strict=True) if s["n"]]
+            if not xy:
+                continue
+            x, y, se = (np.array(v, dtype=float) for v in zip(*xy, strict=True))
+            color = colors[line["name"]]
+            label = line["name"] if i == 0 else None
+            ax.errorbar(x, y, yerr=se, fmt="-o", color=color, lw=2, ms=5, capsize=3, label=label)
+        if entry["log_x"]:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(_Y_LABELS[entry["metric"]] if metric is None else f"{metric} (late-half mean per run)")
+        ax.set_title(f"final {entry['metric'].replace('_', ' ')}" if metric is None else metric, fontsize=11)
+        ax.grid(alpha=0.3)
+    fig.suptitle(task, fontsize=13)
+    fig.legend(
+        title="mean ± s.e. over seeds",
+        fontsize=9,
+        title_fontsize=9,
+        loc="outside lower center",
+        ncols=min(4, max(1, len(entry["lines"]))),
+        frameon=False,
+    )
+    return fig
+
+
 def write_plots(results: dict[str, Any], out: Path, dpi: int = 120) -> list[Path]:
-    """One ``curves_<task>.png`` per task in ``results`` (from :func:`kpg_lightning.report.summarise`) and, where
-    it has rliable's aggregates, ``profile.png`` and ``sample_efficiency.png``."""
+    """One ``curves_<task>.png`` per task in ``results`` (from :func:`kpg_lightning.report.summarise`), where it
+    has rliable's aggregates ``profile.png`` and ``sample_efficiency.png``, and with ``--axis`` (its
+    ``sensitivity``) one ``sensitivity_<task>.png`` per task."""
     paths = []
     for task in results["metric_by_task"]:
         path = Path(out) / png_name(task)
@@ -141,4 +181,8 @@ def write_plots(results: dict[str, Any], out: Path, dpi: int = 120) -> list[Path
         for name, plot in (("profile.png", plot_profiles), ("sample_efficiency.png", plot_sample_efficiency)):
             plot(results["aggregate"]).savefig(Path(out) / name, dpi=dpi, format="png")
             paths.append(Path(out) / name)
+    for task in results.get("sensitivity", {}).get("tasks", {}):
+        path = Path(out) / png_name(task, "sensitivity")
+        plot_sensitivity(task, results["sensitivity"]).savefig(path, dpi=dpi, format="png")
+        paths.append(path)
     return paths

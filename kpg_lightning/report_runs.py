@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-__all__ = ["Run", "cell_names", "load_run", "resolve_actor_optimizer", "run_config"]
+__all__ = ["Run", "cell_names", "csv_curve", "load_run", "resolve_actor_optimizer", "run_config"]
 
 _NOT_A_VARIANT = ("seed", "kpg.k", "kpg.actor_optimizer", "experiment", "resume")
 _NO_ACTOR = frozenset({"qmix", "vdn", "iql", "comix"})  # has_actor = False (summaries before `actor_optimizer`)
@@ -80,7 +80,7 @@ def _overrides(run_dir: Path) -> dict[str, str]:
     }
 
 
-def _csv_curve(path: Path, column: str) -> tuple[np.ndarray, np.ndarray] | None:
+def csv_curve(path: Path, column: str) -> tuple[np.ndarray, np.ndarray] | None:
     """``(frames, values)`` of one column of a run's ``csv/metrics.csv`` (the last value per frame count)."""
     if not path.is_file():
         return None
@@ -135,7 +135,7 @@ def load_run(run_dir: Path) -> Run | None:
         if all(h.get("win_rate") is not None for h in history):
             win = frames, np.array([h["win_rate"] for h in history], dtype=float)
         else:  # older summaries: the win rate only in the CSV log
-            win = _csv_curve(run_dir / "csv" / "metrics.csv", "eval/win_rate") or (
+            win = csv_curve(run_dir / "csv" / "metrics.csv", "eval/win_rate") or (
                 frames[-1:],
                 np.array([finals["win_rate"]]),
             )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "improvement_table",
     "relative_column",
     "relative_table",
+    "sensitivity_table",
 ]
 
 METRIC_NAMES = {"return": "greedy evaluation return", "win_rate": "greedy evaluation win rate"}
@@ -221,3 +223,61 @@ def improvement_table(results: dict[str, Any]) -> str:
         ]
         lines.append(f"| {r['name']} | {r['baseline']} | " + " | ".join(cells) + " |")
     return "\n".join([*lines, ""])
+
+
+def _mean_se(stats: dict[str, Any]) -> str:
+    return f"{fmt(stats['mean'])} ± {fmt(stats['se'], stats['mean'])} ({stats['n']})" if stats["n"] else "—"
+
+
+def sensitivity_table(results: dict[str, Any]) -> str:
+    """``sensitivity.md``: per task, a row per ``--axis`` value and a column per line, the final metric and then
+    each ``--axis-metric``; the runs (and whole lines) without an ``--axis-metric`` are listed below its table."""
+    sens = results["sensitivity"]
+    key = sens["key"]
+    lines = [
+        f"# Sensitivity to {key}",
+        "",
+        f"Rows: `{key}` (each run's `.hydra/config.yaml`). Columns: lines, task × algorithm variant (without "
+        f"`{key}`) × K × actor optimizer. Cells: mean ± standard error over seeds (number of seeds); — where a line "
+        "has no run at that value. final.md has the same runs with each value a cell of its own.",
+        "",
+    ]
+    for task, entry in sens["tasks"].items():
+        values = sorted({p["value"] for line in entry["lines"] for p in line["points"]})
+        tables = [(f"final {METRIC_NAMES[entry['metric']]}", None)] + [
+            (f"`{m}`, {sens['summary']}", m) for m in sens["metrics"]
+        ]
+        for title, metric in tables:
+            shown = [line for line in entry["lines"] if metric is None or line["has_metric"][metric]]
+            lines += [f"## {task}: {title}", ""]
+            if shown:
+                lines += [f"| {key} | " + " | ".join(line["name"] for line in shown) + " |"]
+                lines += ["|---:|" + "---|" * len(shown)]
+            for value in values if shown else []:
+                cells = []
+                for line in shown:
+                    point = next((p for p in line["points"] if p["value"] == value), None)
+                    stats = None if point is None else point["final"] if metric is None else point["metrics"][metric]
+                    cells.append("—" if stats is None else _mean_se(stats))
+                lines.append(f"| {value:g} | " + " | ".join(cells) + " |")
+            if metric is not None:
+                absent = [line for line in entry["lines"] if not line["has_metric"][metric]]
+                missing = [
+                    m
+                    for line in entry["lines"]
+                    if line["has_metric"][metric]
+                    for p in line["points"]
+                    for m in p["metrics"][metric]["missing"]
+                ]
+                if absent or missing:
+                    lines += [*([""] if shown else []), f"Without `{metric}` (not in the means above):", ""]
+                    for line in absent:
+                        reasons = Counter(m["reason"] for p in line["points"] for m in p["metrics"][metric]["missing"])
+                        why = ", ".join(f"{reason}: {n}" for reason, n in reasons.items())
+                        lines.append(f"- {line['name']}: none of its {sum(reasons.values())} runs logs it ({why})")
+                    lines += [f"- `{m['path']}`: {m['reason']}" for m in missing]
+            lines.append("")
+    if sens["duplicates"]:
+        lines += ["## Duplicate runs (same line, value and seed; the newer one is used)", ""]
+        lines += [f"- `{d['path']}` (replaced by `{d['replaced_by']}`)" for d in sens["duplicates"]] + [""]
+    return "\n".join(lines)

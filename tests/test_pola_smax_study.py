@@ -19,6 +19,7 @@ STUDY = ROOT / "docs" / "results" / "pola_smax_3m"
 COMPARE = [("POLA K=1", "MAPPO K=1"), ("POLA K=1", "MAPPO K=2")]
 SEEDS = {"POLA K=1": [0, 1], "MAPPO K=1": [0, 1, 2], "MAPPO K=2": [0, 1, 2]}
 STUDY_OVERRIDES = ["max_frames=500000", "eval.every_frames=50000", "checkpoint.every_frames=100000"]
+MIN_WIN_RATE = {"pola": 0.3, "mappo": 0.3, "k2_mappo": 0.3}  # TODO set from the study
 EXPERIMENTS = {"pola": "pola_smax_3m", "mappo": "mappo_smax_3m", "k2_mappo": "k2_mappo_smax_3m"}
 
 _has = importlib.util.find_spec
@@ -74,7 +75,8 @@ def test_pola_next_to_mappo_and_k2_mappo_at_500k_frames(tmp_path):
     names = ["pola", "mappo", "k2_mappo"]
 
     def run(name: str):
-        return run_train(tmp_path / name, f"+experiment={EXPERIMENTS[name]}", "seed=0", *STUDY_OVERRIDES, timeout=4 * 3600)
+        overrides = [f"+experiment={EXPERIMENTS[name]}", "seed=0", *STUDY_OVERRIDES]
+        return run_train(tmp_path / name, *overrides, timeout=4 * 3600)
 
     with ThreadPoolExecutor(2) as pool:
         results = dict(zip(names, pool.map(run, names), strict=True))

@@ -200,6 +200,40 @@ def _check_against_rliable(results: dict, summaries: list[dict], out: Path) -> N
 
 @needs_vmas
 @needs_mpl
+def test_axis_on_the_sweep(sweep, tmp_path):
+    """``--axis algorithm.actor_lr --axis-metric kpg/contraction_2`` on real runs: one lr (the default), the K = 2
+    contraction the late-half mean of what its runs logged, K = 1 without one."""
+    import csv
+
+    results = write_report(
+        sweep, tmp_path, resamples=REPS, axis="algorithm.actor_lr", axis_metrics=["kpg/contraction_2"]
+    )
+    (task,) = results["sensitivity"]["tasks"].values()
+    k1, k2 = task["lines"]
+    assert (k1["k"], k1["has_metric"], k2["k"], k2["has_metric"]) == (
+        1,
+        {"kpg/contraction_2": False},
+        2,
+        {"kpg/contraction_2": True},
+    )
+    (point,) = k2["points"]
+    assert point["value"] == 3e-4 and point["seeds"] == list(SEEDS)
+    by_hand = []
+    for run in point["runs"]:
+        with (Path(run) / "csv" / "metrics.csv").open() as f:
+            logged = [float(row["kpg/contraction_2"]) for row in csv.DictReader(f) if row["kpg/contraction_2"]]
+        assert len(logged) == 2  # one per training step (kpg.log_every_n_steps=1): 320 frames / 160
+        by_hand.append(float(np.mean(logged[len(logged) // 2 :])))
+    assert point["metrics"]["kpg/contraction_2"]["values"] == pytest.approx(by_hand)
+    assert point["final"]["values"] == next(g for g in results["groups"] if g["k"] == 2)["values"]
+    assert (tmp_path / "sensitivity_vmas-balance.png").stat().st_size > 10_000
+    assert (
+        "- MADDPG K=1 (adam): none of its 2 runs logs it (not logged: 2)" in (tmp_path / "sensitivity.md").read_text()
+    )
+
+
+@needs_vmas
+@needs_mpl
 def test_partial_sweep_reports_missing_seeds_and_incomplete_runs(sweep, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(sweep, partial)

@@ -1,0 +1,130 @@
+"""Sensitivity of a sweep to one numeric setting: ``python -m kpg_lightning.report DIR --axis KEY [--axis-metric
+NAME ...]``.
+
+``KEY`` is a dotted config key (``algorithm.actor_lr``) read from each run's ``.hydra/config.yaml``. Runs are grouped
+into lines, (task, algorithm variant without ``KEY``, K, actor optimizer), named like the report's cells
+(:func:`kpg_lightning.report_runs.cell_names`), and within a line into points by their ``KEY`` value; a point is the
+mean ± standard error over its seeds of the task's final metric (the last greedy evaluation: return, or win rate
+where the env reports wins) and of each ``--axis-metric``: a column of the run's ``csv/metrics.csv`` (e.g.
+``kpg/contraction_2``) summarised per run by :func:`late_half_mean`. A run without that metric is listed, never
+dropped silently; a line none of whose runs logs it (K = 1 has no contraction) has no numbers for it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from kpg_lightning.config import is_number
+from kpg_lightning.errors import ConfigError
+from kpg_lightning.report_runs import Run, cell_names, csv_curve, variant_labels
+from kpg_lightning.report_stats import standard_error
+
+__all__ = ["LATE_HALF", "axis_value", "late_half_mean", "log_axis", "sensitivity"]
+
+LATE_HALF = "mean over the last half of each run's logged values (the last ⌈n/2⌉ of n, NaN skipped)"
+"""How an ``--axis-metric`` is summarised per run, as the tables say it."""
+
+_ABSENT = object()
+
+
+def axis_value(run_dir: Path, key: str) -> float:
+    """The value of the dotted ``key`` in ``run_dir/.hydra/config.yaml``; ConfigError (one line naming the key and
+    the run) where the run has no config, no such key, or a value that is not a finite number."""
+    where = f"--axis {key}: run {run_dir}"
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{where} has no .hydra/config.yaml to read the key from")
+    try:
+        value = OmegaConf.select(OmegaConf.load(path), key, default=_ABSENT, throw_on_missing=True)
+    except Exception as exc:  # an unresolvable interpolation, a ??? value
+        raise ConfigError(f"{where}: cannot read it ({str(exc).splitlines()[0]})") from exc
+    if value is _ABSENT:
+        raise ConfigError(f"{where} has no such key in .hydra/config.yaml")
+    if not is_number(value):
+        shown = repr(value) if len(repr(value)) <= 60 else f"a {type(value).__name__}"
+        raise ConfigError(f"{where}: {shown} is not a number (the axis must be a finite int or float setting)")
+    return float(value)
+
+
+def late_half_mean(run_dir: Path, column: str) -> tuple[float | None, str | None]:
+    """``(mean, None)``: the mean of the last ⌈n/2⌉ of the n values ``column`` has in ``run_dir/csv/metrics.csv``
+    (in frame order, the last value per frame count), NaN values skipped; ``(None, reason)`` where there is none."""
+    path = run_dir / "csv" / "metrics.csv"
+    if not path.is_file():
+        return None, "no csv/metrics.csv"
+    curve = csv_curve(path, column)
+    if curve is None:
+        return None, "not logged"
+    values = curve[1]
+    late = values[len(values) // 2 :]
+    late = late[np.isfinite(late)]
+    return (float(late.mean()), None) if late.size else (None, "only NaN in the last half")
+
+
+def log_axis(values: Sequence[float]) -> bool:
+    """A logarithmic x axis: every value positive and the largest at least 4 × the smallest."""
+    return bool(values) and min(values) > 0 and max(values) >= 4 * min(values)
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    se = standard_error(values) if values else math.nan
+    return {
+        "n": len(values),
+        "values": values,
+        "mean": float(np.mean(values)) if values else None,
+        "se": se if math.isfinite(se) else None,
+    }
+
+
+def sensitivity(
+    runs: Sequence[Run], key: str, metrics: Sequence[str], metric_by_task: dict[str, str]
+) -> dict[str, Any]:
+    """The ``sensitivity`` entry of ``results.json``: per task its lines, each with one point per ``key`` value
+    (sorted): seeds, runs, the final metric's and every ``metrics`` column's statistics over the seeds, and the runs
+    without a column. The same line, value and seed twice: the newer run (by ``summary.json``'s mtime), listed in
+    ``duplicates``. Raises ConfigError where a run has no numeric ``key``."""
+    values = {r.path: axis_value(r.path, key) for r in runs}
+    without = [replace(r, overrides={k: v for k, v in r.overrides.items() if k != key}) for r in runs]
+    labels = variant_labels(without)
+    cells: dict[tuple[str, str, int, str | None], dict[float, dict[int, Run]]] = {}
+    duplicates = []
+    for r in sorted(runs, key=lambda r: (r.path / "summary.json").stat().st_mtime):
+        point = cells.setdefault((r.task, labels[r.path], r.k, r.actor_optimizer), {}).setdefault(values[r.path], {})
+        if r.seed in point:
+            duplicates.append({"path": str(point[r.seed].path), "replaced_by": str(r.path)})
+        point[r.seed] = r
+    names = cell_names(list(dict.fromkeys((label, k, opt) for _, label, k, opt in cells)))
+    tasks: dict[str, dict[str, Any]] = {}
+    for (task, label, k, opt), points in sorted(cells.items(), key=lambda item: (*item[0][:3], str(item[0][3]))):
+        final = metric_by_task[task]
+        line: dict[str, Any] = {"name": names[(label, k, opt)], "label": label, "k": k, "actor_optimizer": opt}
+        line |= {"points": [], "has_metric": {}}
+        for value in sorted(points):
+            members = [points[value][seed] for seed in sorted(points[value])]
+            point = {
+                "value": value,
+                "seeds": [r.seed for r in members],
+                "runs": [str(r.path) for r in members],
+                "final": _stats([r.finals[final] for r in members]),
+                "metrics": {},
+            }
+            for metric in metrics:
+                summaries = [(r, *late_half_mean(r.path, metric)) for r in members]
+                stats = _stats([m for _, m, _ in summaries if m is not None])
+                stats["missing"] = [{"path": str(r.path), "reason": why} for r, m, why in summaries if m is None]
+                point["metrics"][metric] = stats
+            line["points"].append(point)
+        for metric in metrics:  # logged by some run of the line (K = 1 logs no contraction: False)
+            line["has_metric"][metric] = any(p["metrics"][metric]["n"] for p in line["points"])
+        entry = tasks.setdefault(task, {"metric": final, "lines": []})
+        entry["lines"].append(line)
+    for entry in tasks.values():
+        entry["log_x"] = log_axis([p["value"] for line in entry["lines"] for p in line["points"]])
+    return {"key": key, "metrics": list(metrics), "summary": LATE_HALF, "tasks": tasks, "duplicates": duplicates}

@@ -1,0 +1,142 @@
+"""``report --axis`` on hand-made run directories: lines by (task, variant without the axis key, K, optimizer) and
+points by the key's value, means and standard errors, the late-half mean of a csv/metrics.csv column (NaN skipped,
+runs and lines without it listed), the PNG, the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from report_checks import REPS
+from test_report_runs import _fake_run
+
+from kpg_lightning.report import main, write_report
+from kpg_lightning.report_tables import fmt
+
+pytest.importorskip("matplotlib", reason="matplotlib not installed ([plots] extra)")
+
+KEY = "algorithm.actor_lr"
+NAN = float("nan")
+
+
+def _lr_run(
+    path: Path, task: str, k: int, seed: int, lr: str, final: float, contraction: list[float] | None, **kw
+) -> None:
+    """A MADDPG run at ``algorithm.actor_lr=lr`` with Adam, its csv/metrics.csv as Lightning's CSVLogger writes it
+    (kpg diagnostics and evaluations in rows of their own, at frames 100, 200, ...); ``contraction`` None: the
+    run logs no ``kpg/contraction_2`` (K = 1)."""
+    _fake_run(
+        path,
+        task,
+        k,
+        seed,
+        [0.0, final],
+        ["+experiment=maddpg_vmas_balance", f"{KEY}={lr}", "kpg.actor_optimizer=adam"],
+        extra={"actor_optimizer": "adam"},
+        config=f"algorithm:\n  name: maddpg\n  actor_lr: {float(lr)!r}\nkpg:\n  k: {k}\n  actor_optimizer: adam\n",
+        **kw,
+    )
+    (path / "csv").mkdir()
+    columns = ["eval/return_mean", "kpg/level_delta_1", *(["kpg/contraction_2"] if contraction else []), "step"]
+    rows = []
+    for i, c in enumerate(contraction or [0.0] * 4, start=1):
+        rows.append(["", "0.5", *([] if contraction is None else [repr(c)]), str(100 * i)])
+        rows.append([str(final), "", *([] if contraction is None else [""]), str(100 * i)])
+    (path / "csv" / "metrics.csv").write_text("\n".join(",".join(r) for r in [columns, *rows]) + "\n")
+
+
+def _se(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) / math.sqrt(len(values))
+
+
+def test_lines_points_and_late_half_metric(tmp_path):
+    lrs = ("1e-4", "1e-3", "1e-2")
+    finals, late = {}, {}
+    for k in (1, 2):
+        for i, lr in enumerate(lrs):
+            for seed in range(3):
+                finals[(k, lr, seed)] = final = 10.0 * k + i + 0.5 * seed**2
+                contraction = None
+                if k == 2:  # 5 logged values: the late half is the last 3, NaN skipped
+                    contraction = [0.9, 0.8, 0.1 * (i + 1), NAN if seed == 1 else 0.5, 0.2 * (seed + 1)]
+                    late[(lr, seed)] = float(np.nanmean(contraction[2:]))
+                _lr_run(tmp_path / f"k{k}_lr{lr}_s{seed}", "vmas/balance", k, seed, lr, final, contraction)
+    unlogged = tmp_path / "k2_lr1e-3_s3"  # a K = 2 run without the column: listed, not averaged
+    _lr_run(unlogged, "vmas/balance", 2, 3, "1e-3", 12.0, None)
+    _lr_run(tmp_path / "k1_lr1e-2_s0_rerun", "vmas/balance", 1, 0, "1e-2", 30.0, None, mtime=4e9)  # replaces seed 0
+    finals[(1, "1e-2", 0)] = 30.0
+    for lr in ("1e-3", "2e-3"):  # another task, values within 4x: a linear axis
+        _lr_run(tmp_path / f"nav_lr{lr}", "vmas/navigation", 2, 0, lr, float(lr) * 1e3, [0.3, 0.4])
+
+    results = write_report(tmp_path, tmp_path / "report", resamples=REPS, axis=KEY, axis_metrics=["kpg/contraction_2"])
+    sens = json.loads((tmp_path / "report" / "results.json").read_text())["sensitivity"]
+    assert sens == json.loads(json.dumps(results["sensitivity"]))
+    balance, navigation = sens["tasks"]["vmas/balance"], sens["tasks"]["vmas/navigation"]
+    assert (balance["log_x"], navigation["log_x"]) == (True, False)
+    assert [line["name"] for line in balance["lines"]] == ["MADDPG K=1", "MADDPG K=2"]  # the lr does not split lines
+    k1, k2 = balance["lines"]
+    assert (k1["has_metric"], k2["has_metric"]) == ({"kpg/contraction_2": False}, {"kpg/contraction_2": True})
+    for line in (k1, k2):
+        assert [p["value"] for p in line["points"]] == [1e-4, 1e-3, 1e-2]
+        for p, lr in zip(line["points"], lrs, strict=True):
+            values = [finals[(line["k"], lr, s)] for s in range(3)] + ([12.0] if (line["k"], lr) == (2, "1e-3") else [])
+            assert p["final"]["values"] == values and p["final"]["n"] == len(values)
+            assert p["final"]["mean"] == pytest.approx(np.mean(values)) and p["final"]["se"] == pytest.approx(
+                _se(values)
+            )
+    assert sens["duplicates"] == [
+        {"path": str(tmp_path / "k1_lr1e-2_s0"), "replaced_by": str(tmp_path / "k1_lr1e-2_s0_rerun")}
+    ]
+    for p, lr in zip(k2["points"], lrs, strict=True):
+        c = p["metrics"]["kpg/contraction_2"]
+        assert c["values"] == pytest.approx([late[(lr, s)] for s in range(3)])
+        assert c["mean"] == pytest.approx(np.mean(c["values"])) and c["se"] == pytest.approx(_se(c["values"]))
+        assert c["missing"] == ([{"path": str(unlogged), "reason": "not logged"}] if lr == "1e-3" else [])
+    assert late[("1e-2", 1)] == pytest.approx((0.3 + 0.4) / 2)  # the NaN left out
+    assert navigation["lines"][0]["points"][1]["metrics"]["kpg/contraction_2"]["values"] == [0.4]
+
+    table = (tmp_path / "report" / "sensitivity.md").read_text()
+    p = k2["points"][1]
+    assert f"| {KEY} | MADDPG K=1 | MADDPG K=2 |" in table and f"| {KEY} | MADDPG K=2 |" in table
+    assert f"| 0.001 | {fmt(k1['points'][1]['final']['mean'])} ± " in table
+    c = p["metrics"]["kpg/contraction_2"]
+    assert f"| 0.001 | {fmt(c['mean'])} ± {fmt(c['se'], c['mean'])} (3) |" in table
+    assert (
+        "Without `kpg/contraction_2` (not in the means above):\n\n"
+        "- MADDPG K=1: none of its 9 runs logs it (not logged: 9)"
+        in table
+        and f"- `{unlogged}`: not logged" in table
+    )
+    assert "last half" in table
+    from matplotlib.image import imread
+
+    for task in ("vmas-balance", "vmas-navigation"):
+        png = tmp_path / "report" / f"sensitivity_{task}.png"
+        assert str(png) in results["files"]
+        image = imread(png)  # decodes: two panels side by side
+        assert image.ndim == 3 and image.shape[1] > image.shape[0] > 300
+
+
+def test_axis_errors_are_one_line(tmp_path, capsys):
+    _lr_run(tmp_path / "ok", "vmas/balance", 2, 0, "1e-3", 1.0, [0.5])
+    bad = tmp_path / "bad"
+    _lr_run(bad, "vmas/balance", 2, 1, "1e-3", 1.0, [0.5])
+    (bad / ".hydra" / "config.yaml").write_text("algorithm:\n  name: maddpg\n")
+    out = tmp_path / "out"
+    for config, says in (
+        ("algorithm:\n  name: maddpg\n", f"error: --axis {KEY}: run {bad} has no such key in .hydra/config.yaml"),
+        ("algorithm:\n  actor_lr: fast\n", f"error: --axis {KEY}: run {bad}: 'fast' is not a number"),
+        ("algorithm:\n  actor_lr: true\n", f"error: --axis {KEY}: run {bad}: True is not a number"),
+    ):
+        (bad / ".hydra" / "config.yaml").write_text(config)
+        with pytest.raises(SystemExit) as exc:
+            main([str(tmp_path), "--out", str(out), f"--resamples={REPS}", "--axis", KEY])
+        err = capsys.readouterr().err
+        assert exc.value.code == 1 and err.startswith(says) and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()  # nothing written
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path), "--axis-metric", "kpg/contraction_2"])
+    assert exc.value.code == 2 and "error: --axis-metric needs --axis KEY" in capsys.readouterr().err
