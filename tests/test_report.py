@@ -19,6 +19,7 @@ from conftest import TINY, needs_vmas
 from report_checks import REPS, check_with_marl_eval
 
 from kpg_lightning.report import fmt, write_report
+from kpg_lightning.report import main as report_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS, KS = (0, 1), (1, 2)
@@ -354,7 +355,7 @@ def test_committed_results_match_their_runs(tmp_path):
 
 
 @needs_mpl
-def test_compare_adds_a_probability_of_improvement_between_any_two_cells(tmp_path):
+def test_compare_adds_a_probability_of_improvement_between_any_two_cells(tmp_path, capsys):
     """--compare: P(X > Y) of two cells the K pairing does not relate (here the two K = 1 optimizers of the committed
     study), equal to the Mann–Whitney count by hand on every task, complementary to the reverse pair, in
     improvement.md; an unknown cell name is a one-line error that lists the cells."""
@@ -374,21 +375,8 @@ def test_compare_adds_a_probability_of_improvement_between_any_two_cells(tmp_pat
     assert "--compare" in text.splitlines()[0] and f"| {x} | {y} |" in text
     assert results["compare"] == [[x, y], [y, x]]
 
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kpg_lightning.report",
-            str(runs),
-            "--out",
-            str(tmp_path / "bad"),
-            "--compare",
-            x,
-            "POLA",
-        ],
-        capture_output=True,
-        text=True,
-        env=_with_root(dict(os.environ)),
-    )
-    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
-    assert "--compare: no cell named 'POLA'" in out.stderr and repr(y) in out.stderr
+    with pytest.raises(SystemExit) as exit_:
+        report_main([str(runs), "--out", str(tmp_path / "bad"), "--compare", x, "POLA"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.count("\n") == 1, err
+    assert "--compare: no cell named 'POLA'" in err and repr(y) in err
