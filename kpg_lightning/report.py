@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from kpg_lightning.report_runs import Run, cell_names, load_run, run_config, variant_labels
+from kpg_lightning.report_runs import Run, by_seed, cell_names, load_run, run_config, variant_labels
 from kpg_lightning.report_stats import iqm, iqm_ci, mean_curve, standard_error
 from kpg_lightning.report_tables import METRIC_NAMES, final_table, fmt, relative_column, relative_table
 
@@ -106,14 +106,7 @@ def _clean(x: float | None) -> float | None:
 def _cells(runs: Sequence[Run]) -> tuple[dict[tuple[str, str, int, str | None], dict[int, Run]], list[dict[str, str]]]:
     """Runs by cell ``(task, variant, K, actor optimizer)`` and seed; the same cell and seed twice: the newer."""
     labels = variant_labels(list(runs))
-    by_cell: dict[tuple[str, str, int, str | None], dict[int, Run]] = {}
-    duplicates = []
-    for r in sorted(runs, key=lambda r: (r.path / "summary.json").stat().st_mtime):
-        cell = by_cell.setdefault((r.task, labels[r.path], r.k, r.actor_optimizer), {})
-        if r.seed in cell:
-            duplicates.append({"path": str(cell[r.seed].path), "replaced_by": str(r.path)})
-        cell[r.seed] = r
-    return by_cell, duplicates
+    return by_seed(runs, lambda r: (r.task, labels[r.path], r.k, r.actor_optimizer))
 
 
 def _absolute(members: list[Run], metric: str) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-__all__ = ["Run", "cell_names", "csv_curve", "load_run", "resolve_actor_optimizer", "run_config"]
+__all__ = ["Run", "by_seed", "cell_names", "csv_curve", "load_run", "resolve_actor_optimizer", "run_config"]
 
 _NOT_A_VARIANT = ("seed", "kpg.k", "kpg.actor_optimizer", "experiment", "resume")
 _NO_ACTOR = frozenset({"qmix", "vdn", "iql", "comix"})  # has_actor = False (summaries before `actor_optimizer`)
@@ -169,6 +170,21 @@ def variant_labels(runs: list[Run]) -> dict[Path, str]:
             extra = ", ".join(f"{key}={r.overrides[key]}" for key in varying if key in r.overrides)
             labels[r.path] = f"{algorithm} ({extra})" if extra else algorithm
     return labels
+
+
+def by_seed(
+    runs: Sequence[Run], key: Callable[[Run], Hashable]
+) -> tuple[dict[Any, dict[int, Run]], list[dict[str, str]]]:
+    """Runs grouped by ``key`` and then by seed. The same group and seed twice (a run repeated): the newer run, by
+    ``summary.json``'s mtime, with ``{"path": older, "replaced_by": newer}`` in the returned duplicates."""
+    groups: dict[Any, dict[int, Run]] = {}
+    duplicates = []
+    for r in sorted(runs, key=lambda r: (r.path / "summary.json").stat().st_mtime):
+        group = groups.setdefault(key(r), {})
+        if r.seed in group:
+            duplicates.append({"path": str(group[r.seed].path), "replaced_by": str(r.path)})
+        group[r.seed] = r
+    return groups, duplicates
 
 
 def cell_names(cells: list[tuple[str, int, str | None]]) -> dict[tuple[str, int, str | None], str]:

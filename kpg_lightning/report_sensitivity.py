@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from kpg_lightning.config import is_number
 from kpg_lightning.errors import ConfigError
-from kpg_lightning.report_runs import Run, cell_names, csv_curve, variant_labels
+from kpg_lightning.report_runs import Run, by_seed, cell_names, csv_curve, variant_labels
 from kpg_lightning.report_stats import standard_error
 
 __all__ = ["LATE_HALF", "axis_value", "late_half_mean", "log_axis", "sensitivity"]
@@ -93,13 +93,10 @@ def sensitivity(
     values = {r.path: axis_value(r.path, key) for r in runs}
     without = [replace(r, overrides={k: v for k, v in r.overrides.items() if k != key}) for r in runs]
     labels = variant_labels(without)
+    groups, duplicates = by_seed(runs, lambda r: (r.task, labels[r.path], r.k, r.actor_optimizer, values[r.path]))
     cells: dict[tuple[str, str, int, str | None], dict[float, dict[int, Run]]] = {}
-    duplicates = []
-    for r in sorted(runs, key=lambda r: (r.path / "summary.json").stat().st_mtime):
-        point = cells.setdefault((r.task, labels[r.path], r.k, r.actor_optimizer), {}).setdefault(values[r.path], {})
-        if r.seed in point:
-            duplicates.append({"path": str(point[r.seed].path), "replaced_by": str(r.path)})
-        point[r.seed] = r
+    for (*cell, value), point in groups.items():
+        cells.setdefault(tuple(cell), {})[value] = point  # type: ignore[index]
     names = cell_names(list(dict.fromkeys((label, k, opt) for _, label, k, opt in cells)))
     tasks: dict[str, dict[str, Any]] = {}
     for (task, label, k, opt), points in sorted(cells.items(), key=lambda item: (*item[0][:3], str(item[0][3]))):
