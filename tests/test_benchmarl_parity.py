@@ -4,6 +4,7 @@ BenchMARL venv exists) the BenchMARL driver trains and writes such a folder."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from benchmarl_runs import EVAL_KEY, Matched, Recorder, our_overrides, summary, 
 from throughput import DEFAULT_VENV  # noqa: E402
 
 from kpg_lightning.configure import validate  # noqa: E402
-from kpg_lightning.report import find_runs, summarise  # noqa: E402
+from kpg_lightning.report import find_runs, summarise, write_report  # noqa: E402
 
 OURS = ROOT / "docs" / "results" / "vmas_maddpg_k1_k2" / "runs"
 """Committed K = 1 MADDPG runs on VMAS navigation (5 seeds, read only)."""
@@ -130,3 +131,26 @@ def test_benchmarl_driver_writes_a_run_the_report_reads(tmp_path):
         assert h["benchmarl_return_mean"] == pytest.approx(h["return_mean"], rel=1e-4, abs=1e-5)
     runs, _ = find_runs(tmp_path)
     assert [g["name"] for g in summarise(runs, aggregates=False)["groups"]] == ["BENCHMARL_MADDPG K=1"]
+
+
+PARITY = ROOT / "docs" / "results" / "maddpg_benchmarl_parity"
+PAIR = ("MADDPG K=1", "BENCHMARL_MADDPG K=1")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None or importlib.util.find_spec("rliable") is None,
+    reason="matplotlib/rliable not installed ([plots], [eval])",
+)
+def test_committed_parity_study_matches_its_runs(tmp_path):
+    """docs/results/maddpg_benchmarl_parity: the committed tables are the report of the committed runs (with the
+    study's --compare pair); both sides have seeds 0-4, each finished at 300k frames on 3-agent navigation."""
+    results = write_report(PARITY / "runs", tmp_path, compare=[PAIR], marl_eval=tmp_path / "marl_eval.json")
+    for name in ("final.md", "aggregate.md", "improvement.md", "marl_eval.json"):
+        assert (tmp_path / name).read_text() == (PARITY / name).read_text(), name
+    assert {g["name"]: g["seeds"] for g in results["groups"]} == {name: [0, 1, 2, 3, 4] for name in PAIR}
+    assert results["incomplete"] == [] and results["duplicates"] == []
+    for path in (PARITY / "runs").iterdir():
+        summary = json.loads((path / "summary.json").read_text())
+        assert summary["env"] == "vmas/navigation" and summary["frames"] == 300_000, path.name
+        assert summary["eval_return_history"][-1]["frames"] == 300_000, path.name
+    assert PAIR in {(r["name"], r["baseline"]) for r in results["aggregate"]["improvement"]}
