@@ -1,0 +1,84 @@
+"""docs/results/vmas_lr_k: MADDPG's actor learning rate × K ∈ {1, 2, 3} on VMAS, Adam at every K (issue 20, part 1).
+The committed tables are what the report makes of the committed runs (default suite); the `slow` test re-runs one
+committed run with the study's command and must reproduce its whole evaluation history (CPU runs are deterministic
+with one torch thread)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_train
+
+from kpg_lightning.report import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "docs" / "results" / "vmas_lr_k"
+AXIS, METRICS = "algorithm.actor_lr", ["kpg/contraction_2", "kpg/contraction_3"]
+STUDY_OVERRIDES = [
+    "kpg.actor_optimizer=adam",
+    "max_frames=300000",
+    "eval.every_frames=30000",
+    "eval.episodes=20",
+    "checkpoint.every_frames=150000",
+    "checkpoint.keep_last=1",
+]
+# task -> its experiment and, per actor lr (as the runs' overrides.yaml write it: the cells' names), the seeds
+# committed for each of K = 1, 2, 3 at that lr
+TASKS = {
+    "vmas/navigation": (
+        "maddpg_vmas_navigation",
+        {"0.0003": [0], "0.001": [0], "0.003": [0], "0.01": [0]},
+    )
+}
+
+needs_report = pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None or importlib.util.find_spec("rliable") is None,
+    reason="matplotlib/rliable not installed ([plots], [eval])",
+)
+
+
+@needs_report
+def test_committed_study_matches_its_runs(tmp_path):
+    """The committed tables are the report of the committed runs with the study's --axis/--axis-metric; every cell
+    of the grid has the stated seeds, each run finished at the full budget with Adam, none duplicated."""
+    results = write_report(
+        STUDY / "runs", tmp_path, axis=AXIS, axis_metrics=METRICS, marl_eval=tmp_path / "marl_eval.json"
+    )
+    names = ["final.md", "relative.md", "aggregate.md", "improvement.md", "sensitivity.md", "marl_eval.json"]
+    for name in names:
+        assert (tmp_path / name).read_text() == (STUDY / name).read_text(), name
+    assert results["incomplete"] == [] and results["duplicates"] == []
+    expected = {
+        f"MADDPG K={k} ({AXIS}={lr})": seeds
+        for _, seeds_by_lr in TASKS.values()
+        for lr, seeds in seeds_by_lr.items()
+        for k in (1, 2, 3)
+    }
+    assert {g["name"]: g["seeds"] for g in results["groups"]} == expected
+    for path in (STUDY / "runs").iterdir():
+        summary = json.loads((path / "summary.json").read_text())
+        assert summary["env"] in TASKS and summary["algorithm"] == "maddpg", path.name
+        assert summary["frames"] >= 300_000 and summary["stopped_by"] is None, path.name
+        assert summary["actor_optimizer"] == "adam", path.name
+    for task, (_, seeds_by_lr) in TASKS.items():  # sensitivity: per task one line per K, a point per lr
+        lines = results["sensitivity"]["tasks"][task]["lines"]
+        assert sorted(line["k"] for line in lines) == [1, 2, 3], task
+        for line in lines:
+            assert [p["value"] for p in line["points"]] == sorted(map(float, seeds_by_lr)), (task, line["name"])
+            assert line["has_metric"]["kpg/contraction_2"] == (line["k"] > 1), (task, line["name"])
+
+
+@pytest.mark.slow  # ~10 min on one core: one committed 300k-frame K = 2 run of the grid, re-run
+def test_a_committed_run_reproduces(tmp_path):
+    """The study's command for navigation, lr 3e-3, K = 2, seed 0 reproduces the committed run's evaluations."""
+    experiment, _ = TASKS["vmas/navigation"]
+    overrides = [f"+experiment={experiment}", "seed=0", "kpg.k=2", f"{AXIS}=3e-3", *STUDY_OVERRIDES]
+    result = run_train(tmp_path / "run", *overrides, timeout=3600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    committed = json.loads((STUDY / "runs" / "navigation_lr0.003_k2_s0" / "summary.json").read_text())
+    assert summary["frames"] == committed["frames"] == 300_000
+    assert summary["eval_return_history"] == committed["eval_return_history"]
