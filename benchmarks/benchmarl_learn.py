@@ -26,7 +26,7 @@ from benchmarl.algorithms import MaddpgConfig
 from benchmarl.environments import VmasTask
 from benchmarl.experiment import Experiment, ExperimentConfig
 from benchmarl.models.mlp import MlpConfig
-from benchmarl_runs import Matched, Recorder, summary, write_summary
+from benchmarl_runs import Matched, Recorder, add_matched_arguments, summary, write_summary
 from tensordict import TensorDictBase
 
 ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
@@ -99,12 +99,8 @@ def main() -> None:
     d = Matched()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--frames", type=int, default=300_000)
     parser.add_argument("--run-dir", type=Path, required=True)
-    parser.add_argument("--lr", type=float, default=d.lr, help="actor and critic (BenchMARL has one)")
-    parser.add_argument("--n-agents", type=int, default=d.n_agents)
-    parser.add_argument("--eval-every", type=int, default=d.eval_every)
-    parser.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
+    add_matched_arguments(parser)
     parser.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden))
     parser.add_argument("--activation", choices=sorted(ACTIVATIONS), default=d.activation)
     args = parser.parse_args()

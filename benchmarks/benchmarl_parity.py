@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarl_runs import Matched, our_overrides
+from benchmarl_runs import Matched, add_matched_arguments, our_overrides
 from throughput import DEFAULT_VENV, ensure_benchmarl_venv
 
 HERE = Path(__file__).resolve().parent
@@ -56,15 +56,10 @@ def run_benchmarl(python: Path, m: Matched, frames: int, seed: int, run_dir: Pat
 
 
 def main() -> None:
-    d = Matched()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--frames", type=int, default=300_000)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--lr", type=float, default=d.lr, help="actor and critic learning rate, both sides")
-    parser.add_argument("--n-agents", type=int, default=d.n_agents)
-    parser.add_argument("--eval-every", type=int, default=d.eval_every)
-    parser.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
+    add_matched_arguments(parser)
     parser.add_argument("--benchmarl-venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--ours", action="store_true", help="also run our sweep here, after BenchMARL's runs")
     parser.add_argument("--skip-benchmarl", action="store_true", help="only print (or with --ours run) our side")

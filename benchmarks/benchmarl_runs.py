@@ -63,6 +63,17 @@ class Matched:
         return out
 
 
+def add_matched_arguments(parser: Any) -> None:
+    """The options both scripts take (``--frames``, ``--lr``, ``--n-agents``, ``--eval-every``, ``--eval-episodes``),
+    with :class:`Matched`'s defaults."""
+    d = Matched()
+    parser.add_argument("--frames", type=int, default=300_000)
+    parser.add_argument("--lr", type=float, default=d.lr, help="actor and critic learning rate (BenchMARL has one)")
+    parser.add_argument("--n-agents", type=int, default=d.n_agents)
+    parser.add_argument("--eval-every", type=int, default=d.eval_every)
+    parser.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
+
+
 def our_overrides(m: Matched, frames: int) -> list[str]:
     """Our side's Hydra overrides (after ``+experiment=maddpg_vmas_navigation``) for the matched configuration."""
     hidden = "[" + ",".join(map(str, m.hidden)) + "]"

@@ -95,8 +95,8 @@ def sensitivity(
     labels = variant_labels(without)
     groups, duplicates = by_seed(runs, lambda r: (r.task, labels[r.path], r.k, r.actor_optimizer, values[r.path]))
     cells: dict[tuple[str, str, int, str | None], dict[float, dict[int, Run]]] = {}
-    for (*cell, value), point in groups.items():
-        cells.setdefault(tuple(cell), {})[value] = point  # type: ignore[index]
+    for (task, label, k, opt, value), point in groups.items():
+        cells.setdefault((task, label, k, opt), {})[value] = point
     names = cell_names(list(dict.fromkeys((label, k, opt) for _, label, k, opt in cells)))
     tasks: dict[str, dict[str, Any]] = {}
     for (task, label, k, opt), points in sorted(cells.items(), key=lambda item: (*item[0][:3], str(item[0][3]))):
