@@ -30,9 +30,12 @@ STUDY_OVERRIDES = [
 TASKS = {
     "vmas/navigation": (
         "maddpg_vmas_navigation",
-        {"0.0003": [0], "0.001": [0], "0.003": [0, 1, 2], "0.01": [0]},
+        {"0.0003": [0], "0.001": [0], "0.003": [0, 1, 2, 3, 4], "0.01": [0]},
     )
 }
+
+# runs that train (final return > 0; random play ≈ −0.5, a diverged run ≈ −17) per K, as the README counts them
+TRAINED = {("vmas/navigation", "0.003"): {1: 3, 2: 2, 3: 1}}
 
 needs_report = pytest.mark.skipif(
     importlib.util.find_spec("matplotlib") is None or importlib.util.find_spec("rliable") is None,
@@ -52,17 +55,21 @@ def test_committed_study_matches_its_runs(tmp_path):
         assert (tmp_path / name).read_text() == (STUDY / name).read_text(), name
     assert results["incomplete"] == [] and results["duplicates"] == []
     expected = {
-        f"MADDPG K={k} ({AXIS}={lr})": seeds
-        for _, seeds_by_lr in TASKS.values()
+        (task, f"MADDPG K={k} ({AXIS}={lr})"): seeds
+        for task, (_, seeds_by_lr) in TASKS.items()
         for lr, seeds in seeds_by_lr.items()
         for k in (1, 2, 3)
     }
-    assert {g["name"]: g["seeds"] for g in results["groups"]} == expected
+    assert {(g["task"], g["name"]): g["seeds"] for g in results["groups"]} == expected
     for path in (STUDY / "runs").iterdir():
         summary = json.loads((path / "summary.json").read_text())
         assert summary["env"] in TASKS and summary["algorithm"] == "maddpg", path.name
         assert summary["frames"] >= 300_000 and summary["stopped_by"] is None, path.name
         assert summary["actor_optimizer"] == "adam", path.name
+    for (task, lr), counts in TRAINED.items():
+        for k, n_trained in counts.items():
+            [group] = [g for g in results["groups"] if (g["task"], g["name"]) == (task, f"MADDPG K={k} ({AXIS}={lr})")]
+            assert sum(v > 0 for v in group["values"]) == n_trained, (task, lr, k, group["values"])
     for task, (_, seeds_by_lr) in TASKS.items():  # sensitivity: per task one line per K, a point per lr
         lines = results["sensitivity"]["tasks"][task]["lines"]
         assert sorted(line["k"] for line in lines) == [1, 2, 3], task
