@@ -9,8 +9,8 @@ Finds every run below the given directories (a directory holding ``summary.json`
   the runs have one, seeds present and missing; the runs without ``summary.json`` (crashed or still running);
 - ``relative.md``: each K > 1 cell over every K = 1 cell of the same variant per task, in % of |K = 1|;
 - ``aggregate.md``, ``improvement.md``, ``profile.png``, ``sample_efficiency.png``: rliable's IQM, mean and
-  optimality gap over tasks on normalised scores, probability of improvement of each K over K = 1, performance
-  profiles and IQM curves (:mod:`kpg_lightning.report_aggregate`);
+  optimality gap over tasks on normalised scores, probability of improvement of each K over K = 1 (on the last
+  evaluation and on the absolute metric), performance profiles and IQM curves (:mod:`kpg_lightning.report_aggregate`);
 - with ``--axis KEY`` (a numeric setting of the runs' ``.hydra/config.yaml``, e.g. ``algorithm.actor_lr``):
   ``sensitivity.md`` and ``sensitivity_<task>.png``, the final metric and each ``--axis-metric`` (a
   ``csv/metrics.csv`` column, e.g. ``kpg/contraction_2``) against ``KEY``, one line per (variant without ``KEY``,

@@ -76,6 +76,35 @@ def _curves(members: list[dict[str, Any]], norms: dict[str, Any]) -> tuple[np.nd
     return frames, ys.reshape(len(members), n, -1).transpose(1, 0, 2)
 
 
+def _improvements(
+    cells: dict[str, list[dict[str, Any]]],
+    pairs: Sequence[tuple[str, str]],
+    norms: dict[str, Any],
+    key: str,
+    reps: int,
+    confidence: float,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """P(X > Y) of each ``(X, Y)`` pair on ``key``'s scores ("final": the last evaluation; "absolute": the
+    absolute metric, on the tasks where every run of both cells has one), per common task and over all of them."""
+    rows = []
+    for name, base in pairs:
+        x, y = {g["task"]: g for g in cells[name]}, {g["task"]: g for g in cells[base]}
+        tasks = [t for t in x if t in y and (key == "final" or (x[t]["absolute"] and y[t]["absolute"]))]
+        if not tasks:
+            continue
+        subsets = {t: [t] for t in tasks} | ({"all tasks": tasks} if len(tasks) > 1 else {})
+
+        def matrix(cell: dict[str, Any], ts: list[str]) -> np.ndarray:
+            return _matrix([cell[t] for t in ts], norms, key)[0]
+
+        estimates = probability_of_improvement(
+            {k: (matrix(x, ts), matrix(y, ts)) for k, ts in subsets.items()}, reps, confidence, seed
+        )
+        rows.append({"name": name, "baseline": base, "tasks": tasks, "by_tasks": estimates})
+    return rows
+
+
 def aggregate(
     groups: Sequence[dict[str, Any]],
     metric_by_task: dict[str, str],
@@ -86,7 +115,8 @@ def aggregate(
 ) -> dict[str, Any]:
     """Every rliable number of the report: the normalisation, aggregate IQM / mean / optimality gap of the last
     evaluation (and of the absolute metric where every run of a cell has one), probability of improvement of
-    each ``(cell, baseline)`` pair per task and over their common tasks, performance profiles and IQM curves."""
+    each ``(cell, baseline)`` pair per task and over their common tasks (on the last evaluation, and on the
+    absolute metric where both cells have it), performance profiles and IQM curves."""
     norms = normalisation(groups, metric_by_task)
     cells = _cells(groups)
     out: dict[str, Any] = {"normalisation": norms, "reps": reps, "confidence": confidence, "seed": seed, "gamma": 1.0}
@@ -108,21 +138,10 @@ def aggregate(
             }
             for name in chosen
         ]
-    out["improvement"] = []
-    for name, base in pairs:
-        x, y = {g["task"]: g for g in cells[name]}, {g["task"]: g for g in cells[base]}
-        tasks = [t for t in x if t in y]
-        if not tasks:
-            continue
-        subsets = {t: [t] for t in tasks} | ({"all tasks": tasks} if len(tasks) > 1 else {})
-
-        def matrix(cell: dict[str, Any], ts: list[str]) -> np.ndarray:
-            return _matrix([cell[t] for t in ts], norms, "final")[0]
-
-        estimates = probability_of_improvement(
-            {k: (matrix(x, ts), matrix(y, ts)) for k, ts in subsets.items()}, reps, confidence, seed
+    for key in ("final", "absolute"):
+        out["improvement" if key == "final" else "improvement_absolute"] = _improvements(
+            cells, pairs, norms, key, reps, confidence, seed
         )
-        out["improvement"].append({"name": name, "baseline": base, "tasks": tasks, "by_tasks": estimates})
     profiles, cis = performance_profiles(scores["final"], TAUS, reps, confidence, seed)
     out["profiles"] = {
         "taus": TAUS.tolist(),

@@ -355,6 +355,40 @@ def test_committed_results_match_their_runs(tmp_path):
 
 
 @needs_mpl
+def test_probability_of_improvement_on_the_absolute_metric(tmp_path):
+    """Each pair's P(X > Y) is also computed on the runs' absolute metric (committed SMAX study: win rates, not
+    rescaled), equal to the Mann–Whitney count by hand on the absolute values, and written to improvement.md under
+    its own heading; a cell without an absolute metric gets no such row."""
+    runs = ROOT / "docs" / "results" / "pola_smax_3m" / "runs"
+    x, y = "POLA K=1", "MAPPO K=1"
+    results = write_report(runs, tmp_path, resamples=REPS, compare=[(x, y)])
+    agg = results["aggregate"]
+    absolute = {(r["name"], r["baseline"]): r["by_tasks"] for r in agg["improvement_absolute"]}
+    final = {(r["name"], r["baseline"]): r["by_tasks"] for r in agg["improvement"]}
+    assert set(absolute) == set(final) == {(x, y), ("MAPPO K=2", y)}
+    values = {g["name"]: g["absolute"]["values"] for g in results["groups"]}
+    finals = {g["name"]: g["values"] for g in results["groups"]}
+    for (name, base), estimate in absolute.items():
+        a, b = np.array(values[name]), np.array(values[base])
+        by_hand = ((a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])).mean()
+        assert estimate["smax/3m"]["p"] == pytest.approx(by_hand)
+    # the committed runs order differently on the two metrics, so the rows cannot be the same numbers mislabelled
+    a, b = np.array(finals["MAPPO K=2"]), np.array(finals[y])
+    assert final["MAPPO K=2", y]["smax/3m"]["p"] == pytest.approx(
+        ((a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])).mean()
+    )
+    assert absolute["MAPPO K=2", y]["smax/3m"]["p"] != final["MAPPO K=2", y]["smax/3m"]["p"]
+    text = (tmp_path / "improvement.md").read_text()
+    _, tail = text.split("## On the absolute metric")
+    p = absolute[x, y]["smax/3m"]
+    assert f"| {x} | {y} | {p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}] |" in tail
+    no_absolute = write_report(ROOT / "docs" / "results" / "vmas_maddpg_k1_k2" / "runs", tmp_path / "b", resamples=REPS)
+    assert not any(g["absolute"] for g in no_absolute["groups"])  # that study's runs predate the absolute metric
+    assert no_absolute["aggregate"]["improvement_absolute"] == [] and no_absolute["aggregate"]["improvement"]
+    assert "## On the absolute metric" not in (tmp_path / "b" / "improvement.md").read_text()
+
+
+@needs_mpl
 def test_compare_adds_a_probability_of_improvement_between_any_two_cells(tmp_path, capsys):
     """--compare: P(X > Y) of two cells the K pairing does not relate (here the two K = 1 optimizers of the committed
     study), equal to the Mann–Whitney count by hand on every task, complementary to the reverse pair, in

@@ -31,7 +31,8 @@ TASKS = {
     "vmas/navigation": (
         "maddpg_vmas_navigation",
         {"0.0003": [0], "0.001": [0], "0.003": [0, 1, 2, 3, 4], "0.01": [0]},
-    )
+    ),
+    "vmas/balance": ("maddpg_vmas_balance", {"0.0003": [0], "0.001": [0], "0.003": [0], "0.01": [0]}),
 }
 
 # runs that train (final return > 0; random play ≈ −0.5, a diverged run ≈ −17) per K, as the README counts them
