@@ -14,7 +14,8 @@ Finds every run below the given directories (a directory holding ``summary.json`
 - with ``--axis KEY`` (a numeric setting of the runs' ``.hydra/config.yaml``, e.g. ``algorithm.actor_lr``):
   ``sensitivity.md`` and ``sensitivity_<task>.png``, the final metric and each ``--axis-metric`` (a
   ``csv/metrics.csv`` column, e.g. ``kpg/contraction_2``) against ``KEY``, one line per (variant without ``KEY``,
-  K, actor optimizer) (:mod:`kpg_lightning.report_sensitivity`);
+  K, actor optimizer), and with ``--axis-threshold TASK=VALUE`` how many runs per point end above VALUE
+  (:mod:`kpg_lightning.report_sensitivity`);
 - ``results.json``: every number above; with ``--marl-eval``, marl-eval's raw-data JSON of the runs
   (:mod:`kpg_lightning.report_export`).
 
@@ -256,11 +257,13 @@ def write_report(
     compare: Sequence[tuple[str, str]] = (),
     axis: str | None = None,
     axis_metrics: Sequence[str] = (),
+    axis_thresholds: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Find the runs below ``roots`` (one directory or several), write the PNGs, the markdown tables and
     ``results.json`` to ``out`` and, with ``marl_eval``, marl-eval's JSON there; ``compare`` as in
     :func:`summarise`; with ``axis``, the sensitivity to that setting
-    (:func:`kpg_lightning.report_sensitivity.sensitivity`, also of the ``axis_metrics`` columns).
+    (:func:`kpg_lightning.report_sensitivity.sensitivity`, also of the ``axis_metrics`` columns, and with
+    ``axis_thresholds``, ``TASK=VALUE`` strings, the count of runs above each task's value).
 
     Returns the results, with ``files`` naming what was written (and ``marl_eval_notes``: how the export aligned
     the runs).
@@ -274,17 +277,23 @@ def write_report(
         raise FileNotFoundError(f"no finished run (a directory with summary.json) below {', '.join(map(str, roots))}")
     if axis_metrics and axis is None:
         raise ValueError(f"axis_metrics={list(axis_metrics)}: need an axis (the setting they are plotted against)")
+    if axis_thresholds and axis is None:
+        raise ValueError(f"axis_thresholds={list(axis_thresholds)}: need an axis (the setting they are counted along)")
+    thresholds: dict[str, float] = {}
     if axis is not None:  # before the bootstrap and any file: a run without a numeric axis value is an error
-        from kpg_lightning.report_sensitivity import axis_value, sensitivity
+        from kpg_lightning.report_sensitivity import axis_value, parse_thresholds, sensitivity
 
         for run in runs:
             axis_value(run.path, axis)
+        thresholds = parse_thresholds(axis_thresholds, sorted({r.task for r in runs}))
     results = {
         "roots": [str(r) for r in roots],
         **summarise(runs, incomplete, resamples, confidence, seed, compare=compare),
     }
     if axis is not None:
-        results["sensitivity"] = sensitivity(runs, axis, axis_metrics, results["metric_by_task"])
+        results["sensitivity"] = sensitivity(
+            runs, axis, axis_metrics, results["metric_by_task"], thresholds, confidence
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = write_plots(results, out)
@@ -353,9 +362,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="with --axis, also this csv/metrics.csv column (late-half mean per run), e.g. kpg/contraction_2; "
         "repeatable",
     )
+    parser.add_argument(
+        "--axis-threshold",
+        metavar="TASK=VALUE",
+        action="append",
+        default=[],
+        help="with --axis, count per point the runs whose final metric exceeds VALUE on TASK (exact CI, Fisher's "
+        "test of K > 1 against K = 1), e.g. vmas/navigation=0; repeatable, one per task",
+    )
     args = parser.parse_args(argv)
     if args.axis_metric and args.axis is None:
         parser.error("--axis-metric needs --axis KEY")
+    if args.axis_threshold and args.axis is None:
+        parser.error("--axis-threshold needs --axis KEY")
     if args.resamples < 1:
         parser.exit(2, f"error: --resamples={args.resamples}: must be a positive integer\n")
     if not 0 < args.confidence < 1:
@@ -372,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             [tuple(c) for c in args.compare],
             args.axis,
             args.axis_metric,
+            args.axis_threshold,
         )
     except (FileNotFoundError, ValueError) as exc:
         parser.exit(1, f"error: {exc}\n")

@@ -8,6 +8,11 @@ mean ± standard error over its seeds of the task's final metric (the last greed
 where the env reports wins) and of each ``--axis-metric``: a column of the run's ``csv/metrics.csv`` (e.g.
 ``kpg/contraction_2``) summarised per run by :func:`late_half_mean`. A run without that metric is listed, never
 dropped silently; a line none of whose runs logs it (K = 1 has no contraction) has no numbers for it.
+
+With ``--axis-threshold TASK=VALUE`` a point also counts its runs whose final metric exceeds ``VALUE`` ("runs that
+train", where a diverged run ends far below it), with an exact (Clopper–Pearson) CI, and a K > 1 point gets
+Fisher's exact test against the K = 1 point of the same variant, optimizer and value: whether K changes how often
+a run trains at that setting.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from kpg_lightning.errors import ConfigError
 from kpg_lightning.report_runs import Run, by_seed, cell_names, csv_curve, variant_labels
 from kpg_lightning.report_stats import standard_error
 
-__all__ = ["LATE_HALF", "axis_value", "late_half_mean", "log_axis", "sensitivity"]
+__all__ = ["LATE_HALF", "axis_value", "late_half_mean", "log_axis", "parse_thresholds", "sensitivity"]
 
 LATE_HALF = "mean over the last half of each run's logged values (the last ⌈n/2⌉ of n, NaN skipped)"
 """How an ``--axis-metric`` is summarised per run, as the tables say it."""
@@ -68,6 +73,43 @@ def late_half_mean(run_dir: Path, column: str) -> tuple[float | None, str | None
     return (float(late.mean()), None) if late.size else (None, "only NaN in the last half")
 
 
+def parse_thresholds(items: Sequence[str], tasks: Sequence[str]) -> dict[str, float]:
+    """``{task: value}`` from ``TASK=VALUE`` strings; ConfigError (one line) for a malformed item, a task none of
+    the runs has (the message lists theirs), a value that is not a finite number, or a task given twice."""
+    out: dict[str, float] = {}
+    for item in items:
+        task, sep, text = item.rpartition("=")
+        if not sep or not task:
+            raise ConfigError(f"--axis-threshold {item!r}: expected TASK=VALUE, e.g. vmas/navigation=0")
+        if task not in tasks:
+            raise ConfigError(f"--axis-threshold {item!r}: no run of task {task!r}; the tasks are {', '.join(tasks)}")
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ConfigError(f"--axis-threshold {item!r}: {text!r} is not a finite number")
+        if task in out:
+            raise ConfigError(f"--axis-threshold {item!r}: {task} given twice")
+        out[task] = value
+    return out
+
+
+def _above(finals: list[float], threshold: float, confidence: float) -> dict[str, Any]:
+    from scipy.stats import binomtest
+
+    count, n = sum(v > threshold for v in finals), len(finals)
+    ci = binomtest(count, n).proportion_ci(confidence, method="exact")
+    return {"threshold": threshold, "count": int(count), "n": n, "ci": [float(ci.low), float(ci.high)]}
+
+
+def _fisher(point: dict[str, Any], base: dict[str, Any]) -> float:
+    from scipy.stats import fisher_exact
+
+    table = [[point["count"], point["n"] - point["count"]], [base["count"], base["n"] - base["count"]]]
+    return float(fisher_exact(table).pvalue)
+
+
 def log_axis(values: Sequence[float]) -> bool:
     """A logarithmic x axis: every value positive and the largest at least 4 × the smallest."""
     return bool(values) and min(values) > 0 and max(values) >= 4 * min(values)
@@ -84,12 +126,20 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 
 def sensitivity(
-    runs: Sequence[Run], key: str, metrics: Sequence[str], metric_by_task: dict[str, str]
+    runs: Sequence[Run],
+    key: str,
+    metrics: Sequence[str],
+    metric_by_task: dict[str, str],
+    thresholds: dict[str, float] | None = None,
+    confidence: float = 0.95,
 ) -> dict[str, Any]:
     """The ``sensitivity`` entry of ``results.json``: per task its lines, each with one point per ``key`` value
     (sorted): seeds, runs, the final metric's and every ``metrics`` column's statistics over the seeds, and the runs
-    without a column. The same line, value and seed twice: the newer run (by ``summary.json``'s mtime), listed in
-    ``duplicates``. Raises ConfigError where a run has no numeric ``key``."""
+    without a column; for a task in ``thresholds``, each point's count of runs above it (``above``: count, n,
+    exact ``confidence`` CI and, at K > 1, Fisher's exact p against the K = 1 point of its variant, optimizer and
+    value where there is one). The same line, value and seed twice: the newer run (by ``summary.json``'s mtime),
+    listed in ``duplicates``. Raises ConfigError where a run has no numeric ``key``."""
+    thresholds = thresholds or {}
     values = {r.path: axis_value(r.path, key) for r in runs}
     without = [replace(r, overrides={k: v for k, v in r.overrides.items() if k != key}) for r in runs]
     labels = variant_labels(without)
@@ -112,6 +162,8 @@ def sensitivity(
                 "final": _stats([r.finals[final] for r in members]),
                 "metrics": {},
             }
+            if task in thresholds:
+                point["above"] = _above([r.finals[final] for r in members], thresholds[task], confidence)
             for metric in metrics:
                 summaries = [(r, *late_half_mean(r.path, metric)) for r in members]
                 stats = _stats([m for _, m, _ in summaries if m is not None])
@@ -122,6 +174,25 @@ def sensitivity(
             line["has_metric"][metric] = any(p["metrics"][metric]["n"] for p in line["points"])
         entry = tasks.setdefault(task, {"metric": final, "lines": []})
         entry["lines"].append(line)
-    for entry in tasks.values():
+    for task, entry in tasks.items():
         entry["log_x"] = log_axis([p["value"] for line in entry["lines"] for p in line["points"]])
-    return {"key": key, "metrics": list(metrics), "summary": LATE_HALF, "tasks": tasks, "duplicates": duplicates}
+        if task not in thresholds:
+            continue
+        entry["threshold"] = thresholds[task]
+        k1 = {(ln["label"], ln["actor_optimizer"]): ln for ln in entry["lines"] if ln["k"] == 1}
+        for line in entry["lines"]:
+            base = k1.get((line["label"], line["actor_optimizer"]))
+            if line["k"] == 1 or base is None:
+                continue
+            base_points = {p["value"]: p["above"] for p in base["points"]}
+            for p in line["points"]:
+                if p["value"] in base_points:
+                    p["above"]["fisher_p_vs_k1"] = _fisher(p["above"], base_points[p["value"]])
+    return {
+        "key": key,
+        "metrics": list(metrics),
+        "summary": LATE_HALF,
+        "confidence": confidence,
+        "tasks": tasks,
+        "duplicates": duplicates,
+    }

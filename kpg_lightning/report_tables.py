@@ -294,7 +294,39 @@ def sensitivity_table(results: dict[str, Any]) -> str:
                         lines.append(f"- {line['name']}: none of its {sum(reasons.values())} runs logs it ({why})")
                     lines += [f"- `{m['path']}`: {m['reason']}" for m in missing]
             lines.append("")
+            if metric is None and "threshold" in entry:
+                lines += _above_table(key, task, entry, values, sens["confidence"])
     if sens["duplicates"]:
         lines += ["## Duplicate runs (same line, value and seed; the newer one is used)", ""]
         lines += [f"- `{d['path']}` (replaced by `{d['replaced_by']}`)" for d in sens["duplicates"]] + [""]
     return "\n".join(lines)
+
+
+def _above_table(key: str, task: str, entry: dict[str, Any], values: list[float], confidence: float) -> list[str]:
+    """Per value and line: how many runs end above the task's ``--axis-threshold``, with the exact CI, and Fisher's
+    exact p against K = 1 at K > 1."""
+    metric = METRIC_NAMES[entry["metric"]]
+    lines = [
+        f"## {task}: runs whose final {metric} exceeds {entry['threshold']:g}",
+        "",
+        f"Cells: runs above the threshold of the line's runs at that value, the exact (Clopper–Pearson) "
+        f"{confidence:.0%} CI of that fraction and, at K > 1, Fisher's exact test (two-sided p) against the K = 1 "
+        "line of the same variant and actor optimizer at that value.",
+        "",
+        f"| {key} | " + " | ".join(line["name"] for line in entry["lines"]) + " |",
+        "|---:|" + "---|" * len(entry["lines"]),
+    ]
+    for value in values:
+        cells = []
+        for line in entry["lines"]:
+            point = next((p for p in line["points"] if p["value"] == value), None)
+            if point is None:
+                cells.append("—")
+                continue
+            above = point["above"]
+            cell = f"{above['count']} of {above['n']} [{above['ci'][0]:.2f}, {above['ci'][1]:.2f}]"
+            if "fisher_p_vs_k1" in above:
+                cell += f", p = {above['fisher_p_vs_k1']:.2f}"
+            cells.append(cell)
+        lines.append(f"| {value:g} | " + " | ".join(cells) + " |")
+    return [*lines, ""]

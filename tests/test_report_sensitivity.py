@@ -140,3 +140,81 @@ def test_axis_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path), "--axis-metric", "kpg/contraction_2"])
     assert exc.value.code == 2 and "error: --axis-metric needs --axis KEY" in capsys.readouterr().err
+
+
+THRESHOLD = ["--axis-threshold", "vmas/balance=0"]
+
+
+def test_axis_threshold_counts_runs_above_with_exact_ci_and_fisher_against_k1(tmp_path):
+    """--axis-threshold TASK=VALUE: per point the runs whose final metric exceeds VALUE (not equal to it), the
+    Clopper–Pearson CI and, at K > 1, Fisher's exact p against K = 1 at the same value, equal to scipy's by hand;
+    a task without a threshold gets no counts; the table in sensitivity.md."""
+    stats = pytest.importorskip("scipy.stats")
+    finals = {  # (k, lr) -> final per seed: at 1e-2 K = 1 trains 4 of 5, K = 2 1 of 5 (0.0 is not above 0)
+        (1, "1e-3"): [3.0, 2.5, 4.0, 3.5, 3.2],
+        (2, "1e-3"): [3.1, 2.0, 4.2, 3.0, 3.3],
+        (1, "1e-2"): [2.0, -16.0, 3.0, 2.5, 1.0],
+        (2, "1e-2"): [0.0, -16.0, -15.0, 2.8, -17.0],
+    }
+    for (k, lr), values in finals.items():
+        for seed, final in enumerate(values):
+            _lr_run(
+                tmp_path / "runs" / f"b_{k}_{lr}_{seed}", "vmas/balance", k, seed, lr, final, [0.1] if k > 1 else None
+            )
+    _lr_run(tmp_path / "runs" / "n", "vmas/navigation", 1, 0, "1e-3", 5.0, None)
+    out = tmp_path / "out"
+    main([str(tmp_path / "runs"), "--out", str(out), f"--resamples={REPS}", "--axis", KEY, *THRESHOLD])
+    sens = json.loads((out / "results.json").read_text())["sensitivity"]
+    entry = sens["tasks"]["vmas/balance"]
+    assert entry["threshold"] == 0.0 and "threshold" not in sens["tasks"]["vmas/navigation"]
+    assert all("above" not in p for line in sens["tasks"]["vmas/navigation"]["lines"] for p in line["points"])
+    lines = {line["k"]: {p["value"]: p["above"] for p in line["points"]} for line in entry["lines"]}
+    for (k, lr), values in finals.items():
+        above = lines[k][float(lr)]
+        count = sum(v > 0 for v in values)
+        ci = stats.binomtest(count, 5).proportion_ci(0.95, method="exact")
+        assert (above["count"], above["n"]) == (count, 5)
+        assert above["ci"] == pytest.approx([ci.low, ci.high])
+        if k == 1:
+            assert "fisher_p_vs_k1" not in above
+        else:
+            base = sum(v > 0 for v in finals[1, lr])
+            p = stats.fisher_exact([[count, 5 - count], [base, 5 - base]]).pvalue
+            assert above["fisher_p_vs_k1"] == pytest.approx(p)
+    assert (lines[1][0.01]["count"], lines[2][0.01]["count"]) == (4, 1)
+    assert lines[2][0.01]["fisher_p_vs_k1"] == pytest.approx(0.2063, abs=1e-4)
+    text = (out / "sensitivity.md").read_text()
+    assert "## vmas/balance: runs whose final greedy evaluation return exceeds 0" in text
+    assert "| 0.01 | 4 of 5 [0.28, 0.99] | 1 of 5 [0.01, 0.72], p = 0.21 |" in text
+    assert "## vmas/navigation: runs whose" not in text
+
+
+@pytest.mark.parametrize(
+    ("item", "says"),
+    [
+        ("vmas/balance", "--axis-threshold 'vmas/balance': expected TASK=VALUE, e.g. vmas/navigation=0"),
+        ("smax/3m=0.5", "--axis-threshold 'smax/3m=0.5': no run of task 'smax/3m'; the tasks are vmas/balance"),
+        ("vmas/balance=high", "--axis-threshold 'vmas/balance=high': 'high' is not a finite number"),
+        ("vmas/balance=nan", "--axis-threshold 'vmas/balance=nan': 'nan' is not a finite number"),
+    ],
+)
+def test_axis_threshold_errors_are_one_line(tmp_path, capsys, item, says):
+    _lr_run(tmp_path / "runs" / "a", "vmas/balance", 1, 0, "1e-3", 1.0, None)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [str(tmp_path / "runs"), "--out", str(out), f"--resamples={REPS}", "--axis", KEY, "--axis-threshold", item]
+        )
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and err == f"error: {says}\n" and not out.exists(), err
+
+
+def test_axis_threshold_twice_or_without_axis(tmp_path, capsys):
+    _lr_run(tmp_path / "runs" / "a", "vmas/balance", 1, 0, "1e-3", 1.0, None)
+    args = [str(tmp_path / "runs"), "--out", str(tmp_path / "out"), f"--resamples={REPS}"]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--axis", KEY, "--axis-threshold", "vmas/balance=0", "--axis-threshold", "vmas/balance=1"])
+    assert exc.value.code == 1 and "vmas/balance given twice" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--axis-threshold", "vmas/balance=0"])
+    assert exc.value.code == 2 and "error: --axis-threshold needs --axis KEY" in capsys.readouterr().err

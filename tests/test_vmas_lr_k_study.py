@@ -17,6 +17,7 @@ from kpg_lightning.report import write_report
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "docs" / "results" / "vmas_lr_k"
 AXIS, METRICS = "algorithm.actor_lr", ["kpg/contraction_2", "kpg/contraction_3"]
+THRESHOLDS = ["vmas/navigation=0", "vmas/balance=0"]  # a run "trains": final return > 0 (diverged: ≈ −10 to −17)
 STUDY_OVERRIDES = [
     "kpg.actor_optimizer=adam",
     "max_frames=300000",
@@ -35,8 +36,8 @@ TASKS = {
     "vmas/balance": ("maddpg_vmas_balance", {"0.0003": [0], "0.001": [0], "0.003": [0], "0.01": [0]}),
 }
 
-# runs that train (final return > 0; random play ≈ −0.5, a diverged run ≈ −17) per K, as the README counts them
-TRAINED = {("vmas/navigation", "0.003"): {1: 3, 2: 2, 3: 1}}
+# runs that train (final return > 0; random play ≈ −0.5, a diverged run ≈ −17) per K, as the README states them
+TRAINED = {("vmas/navigation", 0.003): {1: 3, 2: 2, 3: 1}}
 
 needs_report = pytest.mark.skipif(
     importlib.util.find_spec("matplotlib") is None or importlib.util.find_spec("rliable") is None,
@@ -49,7 +50,12 @@ def test_committed_study_matches_its_runs(tmp_path):
     """The committed tables are the report of the committed runs with the study's --axis/--axis-metric; every cell
     of the grid has the stated seeds, each run finished at the full budget with Adam, none duplicated."""
     results = write_report(
-        STUDY / "runs", tmp_path, axis=AXIS, axis_metrics=METRICS, marl_eval=tmp_path / "marl_eval.json"
+        STUDY / "runs",
+        tmp_path,
+        axis=AXIS,
+        axis_metrics=METRICS,
+        axis_thresholds=THRESHOLDS,
+        marl_eval=tmp_path / "marl_eval.json",
     )
     names = ["final.md", "relative.md", "aggregate.md", "improvement.md", "sensitivity.md", "marl_eval.json"]
     for name in names:
@@ -68,9 +74,10 @@ def test_committed_study_matches_its_runs(tmp_path):
         assert summary["frames"] >= 300_000 and summary["stopped_by"] is None, path.name
         assert summary["actor_optimizer"] == "adam", path.name
     for (task, lr), counts in TRAINED.items():
+        lines = {line["k"]: line for line in results["sensitivity"]["tasks"][task]["lines"]}
         for k, n_trained in counts.items():
-            [group] = [g for g in results["groups"] if (g["task"], g["name"]) == (task, f"MADDPG K={k} ({AXIS}={lr})")]
-            assert sum(v > 0 for v in group["values"]) == n_trained, (task, lr, k, group["values"])
+            [point] = [p for p in lines[k]["points"] if p["value"] == lr]
+            assert point["above"]["count"] == n_trained == sum(v > 0 for v in point["final"]["values"]), (task, k)
     for task, (_, seeds_by_lr) in TASKS.items():  # sensitivity: per task one line per K, a point per lr
         lines = results["sensitivity"]["tasks"][task]["lines"]
         assert sorted(line["k"] for line in lines) == [1, 2, 3], task
