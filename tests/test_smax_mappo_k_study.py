@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "docs" / "results" / "smax_mappo_k"
 STUDY_OVERRIDES = ["max_frames=500000", "eval.every_frames=50000", "checkpoint.every_frames=100000"]
 # SMAX map -> the seeds committed for each of MAPPO (K = 1) and K2-MAPPO on it
-SEEDS = {"3m": [0, 1, 2, 3, 4], "2s3z": [0, 1, 2, 3, 4], "3s5z": [0, 1, 2, 3]}
+SEEDS = {"3m": [0, 1, 2, 3, 4], "2s3z": [0, 1, 2, 3, 4], "3s5z": [0, 1, 2, 3, 4]}
 
 _has = importlib.util.find_spec
 needs_smax = pytest.mark.skipif(_has("jaxmarl") is None, reason="jaxmarl not installed ([smax])")
