@@ -1,5 +1,5 @@
-"""What the report tests share: the bootstrap resamples they use and the check of a marl-eval JSON with marl-eval's
-own loaders."""
+"""What the report tests share: the bootstrap resamples they use, the skip where the report's plotting and statistics
+are not installed, the Mann–Whitney count by hand, and the check of a marl-eval JSON with marl-eval's own loaders."""
 
 from __future__ import annotations
 
@@ -7,11 +7,20 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 _has = importlib.util.find_spec
 HAS_MARL_EVAL = _has("marl_eval") is not None and _has("colorama") is not None
 REPS = 200  # bootstrap resamples in tests
+needs_report = pytest.mark.skipif(
+    _has("matplotlib") is None or _has("rliable") is None, reason="matplotlib/rliable not installed ([plots], [eval])"
+)
+
+
+def mann_whitney(a: np.ndarray, b: np.ndarray) -> float:
+    """P(X > Y) counted by hand over every pair of runs, ties counting one half."""
+    return float(((a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])).mean())
 
 
 def check_with_marl_eval(path: Path, metrics: list[str]) -> tuple[dict, dict, dict]:

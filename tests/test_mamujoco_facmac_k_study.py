@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_train
+from report_checks import needs_report
 
 from kpg_lightning.report import write_report
 from kpg_lightning.report_sensitivity import late_half_mean
@@ -28,9 +29,6 @@ CONTRACTION = {(2, "adam", 0): 0.000267, (2, "rmsprop", 0): 0.003423}
 
 _has = importlib.util.find_spec
 needs_mujoco = pytest.mark.skipif(_has("gymnasium_robotics") is None, reason="gymnasium-robotics not installed")
-needs_report = pytest.mark.skipif(
-    _has("matplotlib") is None or _has("rliable") is None, reason="matplotlib/rliable not installed ([plots], [eval])"
-)
 
 
 def _cell(summary: dict) -> tuple[int, str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_train
+from report_checks import needs_report
 
 from kpg_lightning.report import write_report
 
@@ -24,9 +25,6 @@ EXPERIMENTS = {"pola": "pola_smax_3m", "mappo": "mappo_smax_3m", "k2_mappo": "k2
 
 _has = importlib.util.find_spec
 needs_smax = pytest.mark.skipif(_has("jaxmarl") is None, reason="jaxmarl not installed ([smax])")
-needs_report = pytest.mark.skipif(
-    _has("matplotlib") is None or _has("rliable") is None, reason="matplotlib/rliable not installed ([plots], [eval])"
-)
 
 
 def _committed(name: str) -> dict:

@@ -1,6 +1,7 @@
 """Sweeps and reports: a tiny real multirun, the report on it checked against the runs' summaries and a direct rliable
-call, its marl-eval export loaded with marl-eval's own functions, partial sweeps, the notebook, the committed
-results, the launcher configs (hand-made runs: test_report_runs.py; statistics: test_report_stats.py)."""
+call, its marl-eval export loaded with marl-eval's own functions, partial sweeps, the notebook, the launcher configs
+(hand-made runs: test_report_runs.py; statistics: test_report_stats.py; the committed studies' runs:
+test_report_committed.py)."""
 
 from __future__ import annotations
 
@@ -16,19 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY, needs_vmas
-from report_checks import REPS, check_with_marl_eval
+from report_checks import REPS, check_with_marl_eval, needs_report
 
 from kpg_lightning.report import fmt, write_report
-from kpg_lightning.report import main as report_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS, KS = (0, 1), (1, 2)
 _has = importlib.util.find_spec
 HAS_JOBLIB = _has("joblib") is not None and _has("hydra_plugins.hydra_joblib_launcher") is not None
 HAS_SUBMITIT = _has("submitit") is not None and _has("hydra_plugins.hydra_submitit_launcher") is not None
-needs_mpl = pytest.mark.skipif(
-    _has("matplotlib") is None or _has("rliable") is None, reason="matplotlib/rliable not installed ([plots], [eval])"
-)
 
 
 def _with_root(env: dict[str, str]) -> dict[str, str]:
@@ -100,7 +97,7 @@ def test_local_launcher_caps_threads_per_job(sweep):
 
 
 @needs_vmas
-@needs_mpl
+@needs_report
 def test_report_cli_matches_the_runs_summaries(sweep, tmp_path):
     out = tmp_path / "report"
     args = [str(sweep), "--out", str(out), f"--resamples={REPS}", "--marl-eval", str(tmp_path / "marl_eval.json")]
@@ -200,7 +197,7 @@ def _check_against_rliable(results: dict, summaries: list[dict], out: Path) -> N
 
 
 @needs_vmas
-@needs_mpl
+@needs_report
 def test_axis_on_the_sweep(sweep, tmp_path):
     """``--axis algorithm.actor_lr --axis-metric kpg/contraction_2`` on real runs: one lr (the default), the K = 2
     contraction the late-half mean of what its runs logged, K = 1 without one."""
@@ -234,7 +231,7 @@ def test_axis_on_the_sweep(sweep, tmp_path):
 
 
 @needs_vmas
-@needs_mpl
+@needs_report
 def test_partial_sweep_reports_missing_seeds_and_incomplete_runs(sweep, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(sweep, partial)
@@ -338,79 +335,3 @@ def test_slurm_launcher_composes_into_an_sbatch_script(tmp_path, monkeypatch):
     script = executor._executor._make_submission_file_text("python -u -m submitit.core._submit x", "uid")
     for line in ("#SBATCH --cpus-per-task=8", "#SBATCH --partition=cpu", "export OMP_NUM_THREADS=8"):
         assert line in script
-
-
-@needs_mpl
-def test_committed_results_match_their_runs(tmp_path):
-    """docs/results: the committed tables are what the report makes of the committed runs."""
-    study = ROOT / "docs" / "results" / "vmas_maddpg_k1_k2"
-    write_report(study / "runs", tmp_path, marl_eval=tmp_path / "marl_eval.json")
-    for name in ("final.md", "relative.md", "aggregate.md", "improvement.md", "marl_eval.json"):
-        assert (tmp_path / name).read_text() == (study / name).read_text(), name
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert {(g["task"], g["k"], g["n"]) for g in results["groups"]} >= {
-        (task, k, 5) for task in ("vmas/balance", "vmas/navigation", "vmas/sampling") for k in (1, 2)
-    }
-    assert results["incomplete"] == [] and results["duplicates"] == []
-
-
-@needs_mpl
-def test_probability_of_improvement_on_the_absolute_metric(tmp_path):
-    """Each pair's P(X > Y) is also computed on the runs' absolute metric (committed SMAX study: win rates, not
-    rescaled), equal to the Mann–Whitney count by hand on the absolute values, and written to improvement.md under
-    its own heading; a cell without an absolute metric gets no such row."""
-    runs = ROOT / "docs" / "results" / "pola_smax_3m" / "runs"
-    x, y = "POLA K=1", "MAPPO K=1"
-    results = write_report(runs, tmp_path, resamples=REPS, compare=[(x, y)])
-    agg = results["aggregate"]
-    absolute = {(r["name"], r["baseline"]): r["by_tasks"] for r in agg["improvement_absolute"]}
-    final = {(r["name"], r["baseline"]): r["by_tasks"] for r in agg["improvement"]}
-    assert set(absolute) == set(final) == {(x, y), ("MAPPO K=2", y)}
-    values = {g["name"]: g["absolute"]["values"] for g in results["groups"]}
-    finals = {g["name"]: g["values"] for g in results["groups"]}
-    for (name, base), estimate in absolute.items():
-        a, b = np.array(values[name]), np.array(values[base])
-        by_hand = ((a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])).mean()
-        assert estimate["smax/3m"]["p"] == pytest.approx(by_hand)
-    # the committed runs order differently on the two metrics, so the rows cannot be the same numbers mislabelled
-    a, b = np.array(finals["MAPPO K=2"]), np.array(finals[y])
-    assert final["MAPPO K=2", y]["smax/3m"]["p"] == pytest.approx(
-        ((a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])).mean()
-    )
-    assert absolute["MAPPO K=2", y]["smax/3m"]["p"] != final["MAPPO K=2", y]["smax/3m"]["p"]
-    text = (tmp_path / "improvement.md").read_text()
-    _, tail = text.split("## On the absolute metric")
-    p = absolute[x, y]["smax/3m"]
-    assert f"| {x} | {y} | {p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}] |" in tail
-    no_absolute = write_report(ROOT / "docs" / "results" / "vmas_maddpg_k1_k2" / "runs", tmp_path / "b", resamples=REPS)
-    assert not any(g["absolute"] for g in no_absolute["groups"])  # that study's runs predate the absolute metric
-    assert no_absolute["aggregate"]["improvement_absolute"] == [] and no_absolute["aggregate"]["improvement"]
-    assert "## On the absolute metric" not in (tmp_path / "b" / "improvement.md").read_text()
-
-
-@needs_mpl
-def test_compare_adds_a_probability_of_improvement_between_any_two_cells(tmp_path, capsys):
-    """--compare: P(X > Y) of two cells the K pairing does not relate (here the two K = 1 optimizers of the committed
-    study), equal to the Mann–Whitney count by hand on every task, complementary to the reverse pair, in
-    improvement.md; an unknown cell name is a one-line error that lists the cells."""
-    runs = ROOT / "docs" / "results" / "vmas_maddpg_k1_k2" / "runs"
-    x, y = "MADDPG K=1 (rmsprop)", "MADDPG K=1 (adam)"
-    results = write_report(runs, tmp_path, resamples=REPS, compare=[(x, y), (y, x)])
-    rows = {(r["name"], r["baseline"]): r["by_tasks"] for r in results["aggregate"]["improvement"]}
-    assert ("MADDPG K=2 (rmsprop)", y) in rows  # the K pairs stay
-    finals = {(g["name"], g["task"]): g["values"] for g in results["groups"]}
-    for task in ("vmas/balance", "vmas/navigation", "vmas/sampling"):
-        a, b = np.array(finals[x, task]), np.array(finals[y, task])
-        by_hand = ((a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])).mean()
-        assert rows[x, y][task]["p"] == pytest.approx(by_hand)
-        assert rows[x, y][task]["p"] + rows[y, x][task]["p"] == pytest.approx(1.0)
-    assert rows[x, y]["vmas/sampling"]["p"] > 0.5  # RMSProp's gain at K = 1 (docs/results/vmas_maddpg_k1_k2)
-    text = (tmp_path / "improvement.md").read_text()
-    assert "--compare" in text.splitlines()[0] and f"| {x} | {y} |" in text
-    assert results["compare"] == [[x, y], [y, x]]
-
-    with pytest.raises(SystemExit) as exit_:
-        report_main([str(runs), "--out", str(tmp_path / "bad"), "--compare", x, "POLA"])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 1 and err.count("\n") == 1, err
-    assert "--compare: no cell named 'POLA'" in err and repr(y) in err

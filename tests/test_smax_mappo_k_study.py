@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_train
+from report_checks import needs_report
 
 from kpg_lightning.report import write_report
 
@@ -22,9 +23,6 @@ SEEDS = {"3m": [0, 1, 2, 3, 4], "2s3z": [0, 1, 2, 3, 4], "3s5z": [0, 1, 2, 3, 4]
 
 _has = importlib.util.find_spec
 needs_smax = pytest.mark.skipif(_has("jaxmarl") is None, reason="jaxmarl not installed ([smax])")
-needs_report = pytest.mark.skipif(
-    _has("matplotlib") is None or _has("rliable") is None, reason="matplotlib/rliable not installed ([plots], [eval])"
-)
 
 
 @needs_report

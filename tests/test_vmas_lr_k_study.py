@@ -5,12 +5,12 @@ with one torch thread)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from conftest import run_train
+from report_checks import needs_report
 
 from kpg_lightning.report import write_report
 
@@ -38,11 +38,6 @@ TASKS = {
 
 # runs that train (final return > 0; random play ≈ −0.5, a diverged run ≈ −17) per K, as the README states them
 TRAINED = {("vmas/navigation", 0.003): {1: 3, 2: 2, 3: 1}}
-
-needs_report = pytest.mark.skipif(
-    importlib.util.find_spec("matplotlib") is None or importlib.util.find_spec("rliable") is None,
-    reason="matplotlib/rliable not installed ([plots], [eval])",
-)
 
 
 @needs_report
