@@ -33,7 +33,7 @@ def png_name(task: str, prefix: str = "curves") -> str:
 def plot_task(task: str, groups: list[dict[str, Any]]) -> Figure:
     """Mean ± standard error over seeds against environment frames, one line per (variant, K) of ``task``.
 
-    ``groups`` are :func:`kpg_lightning.report.summarise` groups (those of other tasks are ignored).
+    ``groups`` are :func:`kpg_lightning.report_summary.summarise` groups (those of other tasks are ignored).
     """
     groups = [g for g in groups if g["task"] == task]
     fig = Figure(figsize=(7.5, 4.6 + 0.22 * len(groups)), layout="constrained")
@@ -169,7 +169,7 @@ def plot_sensitivity(task: str, sensitivity: dict[str, Any]) -> Figure:
 
 
 def write_plots(results: dict[str, Any], out: Path, dpi: int = 120) -> list[Path]:
-    """One ``curves_<task>.png`` per task in ``results`` (from :func:`kpg_lightning.report.summarise`), where it
+    """One ``curves_<task>.png`` per task in ``results`` (from :func:`kpg_lightning.report_summary.summarise`), where it
     has rliable's aggregates ``profile.png`` and ``sample_efficiency.png``, and with ``--axis`` (its
     ``sensitivity``) one ``sensitivity_<task>.png`` per task."""
     paths = []

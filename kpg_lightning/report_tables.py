@@ -1,5 +1,5 @@
 """The markdown tables of sweep reports (``final.md``, ``relative.md``, ``aggregate.md``, ``improvement.md``), from
-:func:`kpg_lightning.report.summarise`'s results."""
+:func:`kpg_lightning.report_summary.summarise`'s results."""
 
 from __future__ import annotations
 

@@ -52,9 +52,11 @@ def compose(overrides: list[str] | None = None):
         return hydra_compose("config", overrides=overrides or [], return_hydra_config=False)
 
 
-def run_train(run_dir: Path, *overrides: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``python -m kpg_lightning.train`` in a subprocess writing to ``run_dir``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+def run_train(
+    run_dir: Path, *overrides: str, timeout: int = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m kpg_lightning.train`` in a subprocess writing to ``run_dir`` (``env``: extra variables)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
     cmd = [sys.executable, "-m", "kpg_lightning.train", *overrides, f"hydra.run.dir={run_dir}"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=run_dir.parent)
 
