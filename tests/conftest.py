@@ -61,6 +61,22 @@ def run_train(
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=run_dir.parent)
 
 
+X86_CPU_KERNELS = ("DEFAULT", "AVX2", "AVX512")
+"""torch's x86 CPU kernel widths, narrowest first (``torch.backends.cpu.get_cpu_capability()``)."""
+
+
+def cpu_kernels(capability: str) -> dict[str, str]:
+    """The environment that runs torch's CPU kernels at ``capability`` (what a run's ``platform.cpu_capability``
+    recorded, e.g. ``"AVX512"``), for a test that re-runs it bit for bit: the last bits of float reductions depend on
+    the width. Skips where this CPU cannot run that width."""
+    here = torch.backends.cpu.get_cpu_capability()
+    if capability not in X86_CPU_KERNELS or here not in X86_CPU_KERNELS:
+        pytest.skip(f"the run's numbers are those of {capability} kernels; this CPU has {here}")
+    if X86_CPU_KERNELS.index(here) < X86_CPU_KERNELS.index(capability):
+        pytest.skip(f"the run's numbers are those of {capability} kernels, wider than this CPU's {here}")
+    return {"ATEN_CPU_CAPABILITY": capability.lower()}
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Torch's OpenMP threads and JAX's fight for 2 cores (10-100x slower steps): one torch thread for a module

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose, needs_vmas, run_train
+from conftest import compose, cpu_kernels, needs_vmas, run_train
 from omegaconf import OmegaConf
 
 from kpg_lightning.algorithms.mappo import MappoConfig
@@ -95,18 +95,14 @@ NUMBERS = ("frames", "train_steps", "iterations", "eval_return_mean", "eval_retu
 FIXTURE_CPU_CAPABILITY = "AVX2"
 """The vector width of torch's CPU kernels the fixture was captured with: the last bits of a float reduction depend on
 it (under AVX512 the run's level deltas differ from the fixture's in the sixth digit, its returns not at all), so the
-run is pinned to it (``ATEN_CPU_CAPABILITY``) to stay comparable bit for bit on any x86 machine that has it."""
+run is pinned to it to stay comparable bit for bit on any x86 machine that has it."""
 
 
 @needs_vmas
-@pytest.mark.skipif(
-    torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
-    reason=f"the fixture's numbers are those of {FIXTURE_CPU_CAPABILITY} kernels, which this CPU lacks",
-)
 def test_default_run_gives_the_same_numbers(tmp_path):
     absolute = "eval.absolute_episodes=10"  # after training (numbers unchanged); the default 100 take ~15 s more
     flags = ("trainer.enable_progress_bar=false", "logger.tensorboard=null", absolute)
-    pinned = {"ATEN_CPU_CAPABILITY": FIXTURE_CPU_CAPABILITY.lower()}
+    pinned = cpu_kernels(FIXTURE_CPU_CAPABILITY)
     result = run_train(tmp_path / "run", "seed=0", "max_frames=6000", *flags, env=pinned)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -114,4 +110,7 @@ def test_default_run_gives_the_same_numbers(tmp_path):
     for h in summary["eval_return_history"]:  # per-episode returns were added since (their means are compared)
         assert len(h.pop("returns")) == 10 and "wins" not in h
     assert summary["absolute_episodes"] == 10 and summary["absolute_frames"] == 0  # the best: the initial policy
+    platform = summary["platform"]  # what the numbers depend on beside the configuration, as the run saw it
+    assert platform["cpu_capability"] == FIXTURE_CPU_CAPABILITY and platform["gpu"] is None
+    assert platform["versions"]["torch"] == torch.__version__ and "vmas" in platform["versions"]
     assert {key: summary[key] for key in NUMBERS} == {key: expected[key] for key in NUMBERS}

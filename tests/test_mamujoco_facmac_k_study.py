@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import run_train
+from conftest import cpu_kernels, run_train
 from report_checks import needs_report
 
 from kpg_lightning.report import write_report
@@ -75,7 +75,9 @@ def test_a_committed_run_reproduces_its_first_evaluations(tmp_path):
     """The study's command for K2-FACMAC with Adam, seed 0, cut at 20k frames, reproduces the committed run's
     evaluations up to there (10k random frames, then 10k frames of K = 2 updates)."""
     overrides = ["+experiment=k2_facmac_halfcheetah", "kpg.actor_optimizer=adam", "seed=0", "max_frames=20000"]
-    result = run_train(tmp_path / "run", *overrides, "checkpoint.every_frames=25000", timeout=3600)
+    # made with AVX512 CPU kernels (before summary.json recorded them: platform.cpu_capability)
+    pinned = cpu_kernels("AVX512")
+    result = run_train(tmp_path / "run", *overrides, "checkpoint.every_frames=25000", timeout=3600, env=pinned)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     committed = json.loads((STUDY / "runs" / "halfcheetah_k2_adam_s0" / "summary.json").read_text())
