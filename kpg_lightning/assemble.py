@@ -7,8 +7,6 @@ trained policy is evaluated in exactly the environment and with exactly the netw
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from kpg_lightning.algorithms import Algorithm, AlgorithmConfig, make_algorithm
 from kpg_lightning.config import ModelConfig
 from kpg_lightning.envs.info import EPISODE_REWARD, REWARD, EnvInfo
 from kpg_lightning.envs.registry import env_family, make_env
+from kpg_lightning.files import dump_json
 
 __all__ = ["eval_env_kwargs", "make_acting_algorithm", "make_eval_env", "with_episode_returns", "write_json"]
 
@@ -56,7 +55,5 @@ def make_acting_algorithm(algorithm: AlgorithmConfig, model: ModelConfig, *envs:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically: a temporary file in the same directory, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    """Write JSON atomically (:func:`kpg_lightning.files.dump_json`), indented by 2 as every summary.json so far."""
+    dump_json(path, data, indent=2)

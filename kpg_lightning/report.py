@@ -27,7 +27,6 @@ runs (``int(n / 4)`` lowest and highest dropped, scipy's ``trim_mean(x, 0.25)``)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from kpg_lightning.files import dump_json, write_text
 from kpg_lightning.report_runs import Run, load_run, run_config
 from kpg_lightning.report_stats import iqm, iqm_ci, mean_curve, standard_error
 from kpg_lightning.report_summary import summarise
@@ -157,7 +157,7 @@ def write_report(
     if axis is not None:
         tables["sensitivity.md"] = sensitivity_table(results)
     for name, text in tables.items():
-        _write(out / name, text)
+        write_text(out / name, text)
         files.append(out / name)
     if marl_eval is not None:
         from kpg_lightning.report_export import write_marl_eval
@@ -168,15 +168,8 @@ def write_report(
         files.append(Path(marl_eval))
     files.append(out / "results.json")
     results["files"] = [str(f) for f in files]
-    _write(out / "results.json", json.dumps(results, indent=1))
+    dump_json(out / "results.json", results)
     return results
-
-
-def _write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a temporary file, then ``os.replace``)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -17,12 +17,11 @@ an environment where not every run has it — and says so in ``notes`` (the CLI 
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kpg_lightning.files import dump_json
 from kpg_lightning.report_runs import Run
 
 __all__ = ["marl_eval_data", "marl_eval_name", "write_marl_eval"]
@@ -102,7 +101,5 @@ def write_marl_eval(runs: Sequence[tuple[Run, str]], path: str | Path) -> list[s
     data, notes = marl_eval_data(runs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    dump_json(path, data)
     return notes

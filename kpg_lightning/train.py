@@ -7,7 +7,6 @@ Reads in order: config → env → algorithm → replay and collector → Lightn
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -47,8 +46,19 @@ from kpg_lightning.envs.vmas import simulator_state
 from kpg_lightning.errors import CheckpointError, ConfigError, NonFiniteError, Preempted
 from kpg_lightning.experience import Experience
 from kpg_lightning.module import KPGModule
+from kpg_lightning.provenance import platform_record
 
-__all__ = ["POLICY", "compose_config", "main", "platform_record", "precheck", "resolve_checkpoint", "run", "train", "write_json"]
+__all__ = [
+    "POLICY",
+    "compose_config",
+    "main",
+    "platform_record",
+    "precheck",
+    "resolve_checkpoint",
+    "run",
+    "train",
+    "write_json",
+]
 
 POLICY = "policy.pt"
 """The run directory's policy weights, written at the end of training (:func:`write_policy`)."""
@@ -261,41 +271,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if module.stopped_by:
         raise NonFiniteError(module.stopped_by)
     return summary
-
-
-RECORDED_PACKAGES = (
-    "torch",
-    "torchrl",
-    "tensordict",
-    "lightning",
-    "hydra-core",
-    "numpy",
-    "vmas",
-    "mujoco",
-    "jax",
-    "jaxmarl",
-)
-
-
-def platform_record(device: torch.device) -> dict[str, Any]:
-    """What a run's numbers depend on beside its configuration: Python and package versions, the GPU, and the vector
-    width of torch's CPU kernels (``AVX2``, ``AVX512``...): the last bits of a float reduction differ between widths,
-    so a run is re-run bit for bit on the same width (``ATEN_CPU_CAPABILITY=avx2`` picks a narrower one)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for name in RECORDED_PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "versions": versions,
-    }
 
 
 def _preempted(frames: int, checkpoint: FrameCheckpoint | None, run_dir: Path) -> str:

@@ -18,6 +18,7 @@ from tensordict import TensorDictBase
 from torchrl.envs import EnvBase, Transform
 
 from kpg_lightning.envs.info import ACTION, DONE
+from kpg_lightning.files import replace_atomically
 
 __all__ = [
     "RENDER_UNSUPPORTED",
@@ -123,17 +124,19 @@ def _draw_smax(smax: Any, states: list[tuple[Any, Any, dict[str, Any]]], max_fra
 
 def save_video(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
     """``frames`` as a GIF (Pillow) or MP4 (imageio with ffmpeg), written atomically."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    if path.suffix == ".mp4":
-        import imageio.v2 as imageio
 
-        imageio.mimwrite(tmp, frames, fps=fps)
-    else:
-        from PIL import Image
+    def write(tmp: Path) -> None:
+        if path.suffix == ".mp4":
+            import imageio.v2 as imageio
 
-        images = [Image.fromarray(frame) for frame in frames]
-        images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    os.replace(tmp, path)
+            imageio.mimwrite(tmp, frames, fps=fps)
+        else:
+            from PIL import Image
+
+            images = [Image.fromarray(frame) for frame in frames]
+            images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+    replace_atomically(path, write)
 
 
 def video_problem(path: Path) -> str | None:
