@@ -25,6 +25,7 @@ from kpg_lightning.report_stats import (
     min_max,
     performance_profiles,
     probability_of_improvement,
+    probability_of_improvement_over_tasks,
 )
 
 __all__ = ["TAUS", "aggregate", "normalisation"]
@@ -98,10 +99,18 @@ def _improvements(
         def matrix(cell: dict[str, Any], ts: list[str]) -> np.ndarray:
             return _matrix([cell[t] for t in ts], norms, key)[0]
 
+        ragged = len({x[t]["n"] for t in tasks}) > 1 or len({y[t]["n"] for t in tasks}) > 1
+        rectangular = {k: ts for k, ts in subsets.items() if not (ragged and k == "all tasks")}
         estimates = probability_of_improvement(
-            {k: (matrix(x, ts), matrix(y, ts)) for k, ts in subsets.items()}, reps, confidence, seed
+            {k: (matrix(x, ts), matrix(y, ts)) for k, ts in rectangular.items()}, reps, confidence, seed
         )
-        rows.append({"name": name, "baseline": base, "tasks": tasks, "by_tasks": estimates})
+        if ragged and "all tasks" in subsets:  # every run of every task, not the lowest seeds up to the fewest
+            xs, ys = ([matrix(cell, [t])[:, 0] for t in tasks] for cell in (x, y))
+            estimates["all tasks"] = probability_of_improvement_over_tasks(xs, ys, reps, confidence, seed)
+        row = {"name": name, "baseline": base, "tasks": tasks, "by_tasks": estimates}
+        if ragged:
+            row["runs"] = {t: [x[t]["n"], y[t]["n"]] for t in tasks}
+        rows.append(row)
     return rows
 
 

@@ -225,6 +225,19 @@ def improvement_table(results: dict[str, Any]) -> str:
             "",
             *_improvement_rows(absolute),
         ]
+    ragged = [r for r in [*rows, *absolute] if r.get("runs") and "all tasks" in r["by_tasks"]]
+    if ragged:
+        pairs = list(dict.fromkeys(f"{r['name']} over {r['baseline']}" for r in ragged))
+        every = len(pairs) == len(
+            {(r["name"], r["baseline"]) for r in [*rows, *absolute] if "all tasks" in r["by_tasks"]}
+        )
+        lines += [
+            "",
+            'Where a pair\'s tasks have different numbers of runs, its "all tasks" estimate averages the per-task '
+            "estimates over every run, each task's runs of X and of Y resampled on their own for the CI (the same "
+            "stratified bootstrap, with numpy's seeded draws: rliable's needs equal numbers of runs per task). "
+            "Such pairs here: " + ("every pair above." if every else f"{'; '.join(pairs)}."),
+        ]
     return "\n".join([*lines, ""])
 
 

@@ -18,6 +18,7 @@ from kpg_lightning.report_stats import (
     mean_curve,
     min_max,
     probability_of_improvement,
+    probability_of_improvement_over_tasks,
     standard_error,
 )
 from kpg_lightning.report_tables import fmt
@@ -89,6 +90,29 @@ def test_aggregates_and_improvement_match_a_direct_rliable_call():
         cis["b>a"].ravel().tolist()
     )
     assert min_max([3.0, 1.0, 2.0]) == (1.0, 3.0) and min_max([2.0, 2.0]) == (1.0, 2.0)
+
+
+def test_improvement_over_tasks_with_different_numbers_of_runs_uses_every_run():
+    """Over tasks with 5 and 3 runs the estimate is the mean of the per-task estimates on all runs (a rectangular
+    matrix would keep 3 of the first task's 5); with equal numbers its point is rliable's and its CI close to it."""
+    first_x, first_y = np.array([0.9, 0.8, 0.1, 0.2, 0.95]), np.array([0.5, 0.5, 0.5, 0.85, 0.6])
+    second_x, second_y = np.array([0.3, 0.7, 0.2]), np.array([0.4, 0.1, 0.2])
+    got = probability_of_improvement_over_tasks([first_x, second_x], [first_y, second_y], reps=2000, seed=3)
+    per_task = [fast_improvement(x[:, None], y[:, None]) for x, y in ((first_x, first_y), (second_x, second_y))]
+    assert got["p"] == pytest.approx(np.mean(per_task)) == pytest.approx((14 / 25 + 6.5 / 9) / 2)  # counted by hand
+    truncated = fast_improvement(np.stack([first_x[:3], second_x], 1), np.stack([first_y[:3], second_y], 1))
+    assert not math.isclose(got["p"], truncated)  # what the lowest seeds alone would have said
+    assert got["ci"][0] < got["p"] < got["ci"][1] and 0 <= got["ci"][0] and got["ci"][1] <= 1
+    assert probability_of_improvement_over_tasks([first_x, second_x], [first_y, second_y], reps=2000, seed=3) == got
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(0.6, 0.2, (10, 3)), rng.normal(0.5, 0.2, (10, 3))
+    ours = probability_of_improvement_over_tasks(list(x.T), list(y.T), reps=4000, seed=0)
+    theirs = probability_of_improvement({"x>y": (x, y)}, reps=4000, seed=0)["x>y"]
+    assert ours["p"] == pytest.approx(theirs["p"])
+    assert ours["ci"] == pytest.approx(theirs["ci"], abs=0.03)  # the same bootstrap, other draws
+    with pytest.raises(ValueError, match="every task needs runs"):
+        probability_of_improvement_over_tasks([first_x, np.array([])], [first_y, second_y])
 
 
 def test_standard_error_and_fmt():

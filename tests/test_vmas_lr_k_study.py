@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_train
 from report_checks import needs_report
@@ -33,11 +34,20 @@ TASKS = {
         "maddpg_vmas_navigation",
         {"0.0003": [0], "0.001": [0], "0.003": [0, 1, 2, 3, 4], "0.01": [0]},
     ),
-    "vmas/balance": ("maddpg_vmas_balance", {"0.0003": [0], "0.001": [0], "0.003": [0], "0.01": [0]}),
+    "vmas/balance": (
+        "maddpg_vmas_balance",
+        {"0.0003": [0, 1, 2], "0.001": [0, 1, 2], "0.003": [0, 1, 2], "0.01": [0, 1, 2]},
+    ),
 }
 
 # runs that train (final return > 0; random play ≈ −0.5, a diverged run ≈ −17) per K, as the README states them
-TRAINED = {("vmas/navigation", 0.003): {1: 3, 2: 2, 3: 1}}
+TRAINED = {
+    ("vmas/navigation", 0.003): {1: 3, 2: 2, 3: 1},
+    ("vmas/balance", 0.0003): {1: 2, 2: 1, 3: 2},
+    ("vmas/balance", 0.001): {1: 1, 2: 2, 3: 2},
+    ("vmas/balance", 0.003): {1: 1, 2: 0, 3: 0},
+    ("vmas/balance", 0.01): {1: 0, 2: 0, 3: 0},
+}
 
 
 @needs_report
@@ -68,6 +78,9 @@ def test_committed_study_matches_its_runs(tmp_path):
         assert summary["env"] in TASKS and summary["algorithm"] == "maddpg", path.name
         assert summary["frames"] >= 300_000 and summary["stopped_by"] is None, path.name
         assert summary["actor_optimizer"] == "adam", path.name
+    for row in results["aggregate"]["improvement"]:  # over tasks: the mean of the per-task estimates, every run
+        by_tasks = row["by_tasks"]
+        assert by_tasks["all tasks"]["p"] == pytest.approx(np.mean([by_tasks[t]["p"] for t in row["tasks"]]))
     for (task, lr), counts in TRAINED.items():
         lines = {line["k"]: line for line in results["sensitivity"]["tasks"][task]["lines"]}
         for k, n_trained in counts.items():
