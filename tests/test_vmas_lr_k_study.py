@@ -18,7 +18,10 @@ from kpg_lightning.report import write_report
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "docs" / "results" / "vmas_lr_k"
 AXIS, METRICS = "algorithm.actor_lr", ["kpg/contraction_2", "kpg/contraction_3"]
-THRESHOLDS = ["vmas/navigation=0", "vmas/balance=0"]  # a run "trains": final return > 0 (diverged: ≈ −10 to −17)
+# a run "trains": final return > 0 on navigation and balance (diverged: ≈ −9 to −17), > 20 on sampling (random play
+# 9.5; stuck runs end at 9.7-17.8, runs that take off at 70-79)
+THRESHOLDS = ["vmas/navigation=0", "vmas/balance=0", "vmas/sampling=20"]
+LIMIT = {task: float(value) for task, value in (t.split("=") for t in THRESHOLDS)}
 STUDY_OVERRIDES = [
     "kpg.actor_optimizer=adam",
     "max_frames=300000",
@@ -38,6 +41,7 @@ TASKS = {
         "maddpg_vmas_balance",
         {"0.0003": [0, 1, 2], "0.001": [0, 1, 2], "0.003": [0, 1, 2], "0.01": [0, 1, 2]},
     ),
+    "vmas/sampling": ("maddpg_vmas_sampling", {"0.0003": [0], "0.001": [0], "0.003": [0], "0.01": [0]}),
 }
 
 # runs that train (final return > 0; random play ≈ −0.5, a diverged run ≈ −17) per K, as the README states them
@@ -47,6 +51,9 @@ TRAINED = {
     ("vmas/balance", 0.001): {1: 1, 2: 2, 3: 2},
     ("vmas/balance", 0.003): {1: 1, 2: 0, 3: 0},
     ("vmas/balance", 0.01): {1: 0, 2: 0, 3: 0},
+    ("vmas/sampling", 0.0003): {1: 0, 2: 1, 3: 1},
+    ("vmas/sampling", 0.001): {1: 1, 2: 0, 3: 0},
+    ("vmas/sampling", 0.003): {1: 0, 2: 0, 3: 0},
 }
 
 
@@ -85,7 +92,8 @@ def test_committed_study_matches_its_runs(tmp_path):
         lines = {line["k"]: line for line in results["sensitivity"]["tasks"][task]["lines"]}
         for k, n_trained in counts.items():
             [point] = [p for p in lines[k]["points"] if p["value"] == lr]
-            assert point["above"]["count"] == n_trained == sum(v > 0 for v in point["final"]["values"]), (task, k)
+            above = sum(v > LIMIT[task] for v in point["final"]["values"])
+            assert point["above"]["count"] == n_trained == above, (task, k)
     for task, (_, seeds_by_lr) in TASKS.items():  # sensitivity: per task one line per K, a point per lr
         lines = results["sensitivity"]["tasks"][task]["lines"]
         assert sorted(line["k"] for line in lines) == [1, 2, 3], task
