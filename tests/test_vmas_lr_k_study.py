@@ -41,7 +41,7 @@ TASKS = {
         "maddpg_vmas_balance",
         {"0.0003": [0, 1, 2], "0.001": [0, 1, 2], "0.003": [0, 1, 2], "0.01": [0, 1, 2]},
     ),
-    "vmas/sampling": ("maddpg_vmas_sampling", {"0.0003": [0], "0.001": [0, 1], "0.003": [0, 1], "0.01": [0]}),
+    "vmas/sampling": ("maddpg_vmas_sampling", {"0.0003": [0], "0.001": [0, 1], "0.003": [0, 1], "0.01": [0, 1]}),
 }
 
 # runs that train (final return > 0; random play ≈ −0.5, a diverged run ≈ −17) per K, as the README states them
