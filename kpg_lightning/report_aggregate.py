@@ -8,7 +8,9 @@ threshold is 1 on these scores.
 
 Score matrices are ``(runs × tasks)`` per cell name, over the tasks the cell was run on; where a cell has
 different numbers of runs on its tasks, the lowest seeds up to the smallest number are used (``runs_dropped``
-says which were left out). Groups come from :func:`kpg_lightning.report_summary.summarise`.
+says which were left out). The probability of improvement over such tasks uses every run instead
+(:func:`kpg_lightning.report_stats.probability_of_improvement_over_tasks`). Groups come from
+:func:`kpg_lightning.report_summary.summarise`.
 """
 
 from __future__ import annotations

@@ -52,7 +52,6 @@ __all__ = [
     "POLICY",
     "compose_config",
     "main",
-    "platform_record",
     "precheck",
     "resolve_checkpoint",
     "run",
