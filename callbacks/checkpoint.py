@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,12 @@ class FrameCheckpoint(Checkpoint):
     of the batch the signal arrived in, a checkpoint at the frame count reached is written (the batch Lightning has
     already fetched ahead goes with it, see :meth:`Experience.save_replay`) and the trainer stops;
     :attr:`preempted_at` says at how many frames.
+
+    Under data parallelism Lightning's SIGTERM handler cannot be used: it broadcasts from inside the handler, a
+    collective that the other ranks do not make at that moment, so a run signalled mid-update hangs. From
+    ``on_train_start`` (the first hook after Lightning installs its handlers) SIGTERM only sets a flag here; after
+    each batch the ranks agree (one collective) whether any rank was signalled, and if so every rank writes its part
+    of the same checkpoint and raises ``SIGTERMException`` there, so all ranks leave along the same path.
     """
 
     def __init__(self, dirpath: str | os.PathLike, every_frames: int, keep_last: int = 2):
@@ -42,6 +49,7 @@ class FrameCheckpoint(Checkpoint):
         self.every_frames, self.keep_last = every_frames, keep_last
         self.last_saved_frames = 0
         self.preempted_at: int | None = None
+        self._signalled = False  # set by this callback's SIGTERM handler (data parallel runs only)
 
     @property
     def last_path(self) -> Path:
@@ -74,13 +82,18 @@ class FrameCheckpoint(Checkpoint):
         trainer.strategy.barrier("frame_checkpoint_done")
 
     # -- preemption -------------------------------------------------------------------------------------------
-    @staticmethod
-    def signalled(trainer: Trainer) -> bool:
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.world_size > 1 and _main_thread():
+            signal.signal(signal.SIGTERM, self._flag)  # Lightning's teardown puts back the handler it found
+
+    def _flag(self, signum: int, frame: FrameType | None) -> None:
+        self._signalled = True
+
+    def signalled(self, trainer: Trainer) -> bool:
         """Whether any rank received SIGTERM/SIGUSR1 (one collective under data parallelism)."""
-        received = trainer.received_sigterm
-        if trainer.world_size > 1:
-            received = trainer.strategy.reduce_boolean_decision(received, all=False)
-        return received
+        if trainer.world_size == 1:
+            return trainer.received_sigterm
+        return trainer.strategy.reduce_boolean_decision(self._signalled or trainer.received_sigterm, all=False)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -90,7 +103,9 @@ class FrameCheckpoint(Checkpoint):
             self.save(trainer, pl_module)
         if preempted:
             self.preempted_at = pl_module.frames
-            trainer.should_stop = True  # ranks that saw no signal stop here; those that did raise SIGTERMException
+            if trainer.world_size > 1:  # every rank, after the checkpoint's last barrier: no collective follows
+                raise SIGTERMException
+            trainer.should_stop = True  # Lightning raises SIGTERMException after this batch
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """A signal that arrived after this callback's look at the batch (Lightning raises ``SIGTERMException`` only
@@ -112,6 +127,10 @@ class FrameCheckpoint(Checkpoint):
         self.last_saved_frames = state_dict.get("last_saved_frames", 0)
 
 
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def _as_sigterm(signum: int, frame: FrameType | None) -> None:
     signal.raise_signal(signal.SIGTERM)
 
@@ -119,7 +138,7 @@ def _as_sigterm(signum: int, frame: FrameType | None) -> None:
 @contextmanager
 def sigusr1_as_sigterm() -> Iterator[None]:
     """Within it SIGUSR1 (SLURM's ``--signal=SIGUSR1@<s>``) is re-raised as SIGTERM, so that Lightning's SIGTERM
-    handling (and, under DDP, its forwarding to the other ranks) applies to it. Entered before ``Trainer.fit``, it
+    handling (under data parallelism, :class:`FrameCheckpoint`'s) applies to it. Entered before ``Trainer.fit``, it
     also keeps Lightning's SLURM auto-requeue handler out (Lightning installs it only where SIGUSR1 has none): that
     handler would write an ``hpc_ckpt_*.ckpt`` without the replay, from inside the update, and requeue by itself."""
     if not hasattr(signal, "SIGUSR1"):

@@ -188,12 +188,13 @@ def restore_rng(state: dict[str, Any], *generators: torch.Generator) -> None:
         generator.set_state(g_state)
 
 
-def save_rng(path: Path) -> None:
-    """:func:`capture_rng` (no generators) as JSON: the random state a restored collector continues from."""
-    state = capture_rng()
+def save_rng(path: Path, *generators: torch.Generator) -> None:
+    """:func:`capture_rng` as JSON: the random state a restored collector (or a rank) continues from."""
+    state = capture_rng(*generators)
     state["numpy"]["keys"] = state["numpy"]["keys"].tolist()
     state["torch"] = state["torch"].tolist()
     state["cuda"] = [s.tolist() for s in state["cuda"]]
+    state["generators"] = [s.tolist() for s in state["generators"]]
     path.write_text(json.dumps(state))
 
 
@@ -203,6 +204,7 @@ def load_rng(path: Path) -> dict[str, Any]:
     state["numpy"]["keys"] = torch.tensor(state["numpy"]["keys"], dtype=torch.int64)
     state["torch"] = torch.tensor(state["torch"], dtype=torch.uint8)
     state["cuda"] = [torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]]
+    state["generators"] = [torch.tensor(s, dtype=torch.uint8) for s in state.get("generators", [])]
     return state
 
 

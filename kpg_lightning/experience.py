@@ -36,6 +36,8 @@ __all__ = ["CollectorFactory", "Experience", "SimulatorState"]
 COLLECTION = "collection"
 """Subdirectory of a rank's experience state (``replay_rank<r>/``) holding the collection of a mid-segment
 checkpoint."""
+RNG = "rng.json"
+"""File of a rank's experience state: its Python, NumPy, torch and replay-sampling random states at the checkpoint."""
 
 
 class CollectorFactory(Protocol):
@@ -58,7 +60,8 @@ class SimulatorState(Protocol):
 class _Segment:
     """One collection segment as :class:`CollectorStream` iterates it (``iter``, ``shutdown``,
     ``update_policy_weights_``). A restored one first hands back the batch the checkpointed run had already
-    collected, then builds its collector (``build``: state and random state restored just before its first batch).
+    collected, then calls ``build``: it restores the random state the checkpointed run had at that point and
+    returns the collector of the segment's rest (None where that batch was the segment's last).
     ``total``/``random`` are the collector's frames (all/uniformly random) on this rank."""
 
     def __init__(self, experience: Experience, collector: Collector | None, total: int, random: int, **restored: Any):
@@ -72,7 +75,7 @@ class _Segment:
         if self.pending is not None:
             batch, self.pending = self.pending, None
             yield self._count(batch, own=False)
-        if self.collector is None and self.build is not None and self.total > 0:
+        if self.collector is None and self.build is not None:
             self.collector = self.build()
         if self.collector is not None:
             for batch in self.collector:
@@ -176,7 +179,12 @@ class Experience:
         if self.episodes is not None:
             self.episodes.pending = state["episodes"]
 
-        def build() -> Collector:
+        def build() -> Collector | None:
+            # the random state matters even without a collector: the loader's next iterator draws from torch's
+            # (a DataLoader takes a base seed), and a run resumed mid-epoch makes one more iterator than it had
+            if state["remaining"] == 0:
+                restore_rng(state["rng"])
+                return None
             collector = self.make_collector(
                 state["remaining"], state["random_remaining"], state["segment_start"], self.rank, self.device
             )
@@ -253,9 +261,12 @@ class Experience:
         self._yielded = self.frames
 
     def save_replay(self, path: Path) -> None:
-        """This rank's experience state: the replay, and the collection of a mid-segment checkpoint."""
+        """This rank's experience state: the replay, this rank's random states (the Lightning checkpoint holds only
+        rank 0's; ranks sample and explore with their own), and the collection of a mid-segment checkpoint."""
         if self.replay is not None:
             save_replay(self.replay, path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_rng(path / RNG, *self.generators())
         segment = self._segment
         if self.simulator is None or segment is None or segment.last is None:
             return
@@ -282,6 +293,8 @@ class Experience:
     def load_replay(self, path: Path) -> None:
         if self.replay is not None and path.is_dir():
             load_replay(self.replay, path)
+        if (path / RNG).is_file():  # checkpoints from before it have rank 0's states only (restored already)
+            restore_rng(load_rng(path / RNG), *self.generators())
         collection = path / COLLECTION
         if self.simulator is None or not (collection / "state.json").is_file():
             return

@@ -237,7 +237,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             trainer.fit(module, ckpt_path=str(checkpoint / MODEL) if checkpoint else None, weights_only=True)
     except SIGTERMException as exc:  # Lightning's answer to SIGTERM (and ours to SIGUSR1) after the batch
         raise Preempted(_preempted(module.frames, frame_checkpoint, run_dir)) from exc
-    if frame_checkpoint is not None and frame_checkpoint.preempted_at is not None:  # a rank that saw no signal
+    # signalled in the last batch: the checkpoint is written and fit ended without an exception
+    if frame_checkpoint is not None and frame_checkpoint.preempted_at is not None:
         raise Preempted(_preempted(module.frames, frame_checkpoint, run_dir))
     wall = time.perf_counter() - start
     history = evaluation.history

@@ -1,11 +1,13 @@
-"""A callback for the data-parallel test: records, per rank, the actor parameters after every K level (the
-intermediate levels too) and a fingerprint of the data each rank collected. Loaded by the training subprocess
-via ``+callbacks.probe._target_=ddp_probe.LevelProbe``."""
+"""Callbacks for the data-parallel tests, loaded by the training subprocess (``+callbacks.<name>._target_=ddp_probe.
+<Class>``): :class:`LevelProbe` records, per rank, the actor parameters after every K level (the intermediate levels
+too) and a fingerprint of the data each rank collected; :class:`SignalRank` sends SIGTERM to one rank's process."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +41,15 @@ class LevelProbe(Callback):
         (self.out / f"rank{trainer.global_rank}.json").write_text(
             json.dumps({"levels": self.levels, "batches": self.batches, "frames": pl_module.frames})
         )
+
+
+class SignalRank(Callback):
+    """Sends SIGTERM to the process of rank ``rank`` after the training batch that reaches ``frames`` (the frames of
+    all ranks), as a scheduler that signals one task would."""
+
+    def __init__(self, frames: int, rank: int):
+        self.frames, self.rank = frames, rank
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if pl_module.frames == self.frames and trainer.global_rank == self.rank:
+            os.kill(os.getpid(), signal.SIGTERM)

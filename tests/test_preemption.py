@@ -132,3 +132,21 @@ def test_sigusr1_is_handled_as_sigterm_and_resumes_exactly(tmp_path, uninterrupt
 
     train([*RUN, f"resume={run_dir}"], tmp_path / "resumed")  # callbacks may change on resume
     _assert_same(tmp_path / "resumed", uninterrupted[0])
+
+
+def test_a_signal_once_the_segment_is_collected_resumes_exactly(tmp_path, uninterrupted):
+    """At 480 frames the batch fetched ahead is the segment's last (640): the checkpoint holds it and nothing is left
+    to collect. The resumed run still restores the random state after that batch: resumed mid-epoch, its loader
+    makes one iterator more than the uninterrupted run did, and a DataLoader's iterator draws a seed from torch's
+    generator (the exploration noise's)."""
+    run_dir = tmp_path / "signalled"
+    sender = ["+callbacks.signal._target_=test_preemption.SignalAt", "+callbacks.signal.frames=480"]
+    with pytest.raises(Preempted, match=r"stopped by a signal at 480 frames"):
+        train([*RUN, *sender, "+callbacks.signal.signum=SIGTERM"], run_dir)
+    ckpt_dir, _ = find_checkpoint(run_dir)
+    assert ckpt_dir.name == "frames_000000000480"
+    collection = json.loads((ckpt_dir / "replay_rank0" / "collection" / "state.json").read_text())
+    assert collection["remaining"] == 0, collection
+
+    train([*RUN, f"resume={run_dir}"], tmp_path / "resumed")
+    _assert_same(tmp_path / "resumed", uninterrupted[0])
