@@ -6,12 +6,16 @@
 #   make train ARGS="max_frames=6000 kpg.k=3"   # any overrides of `python -m kpg_lightning.train`
 #   make test                                   # ruff, import contracts, then the whole test suite
 #   make test PYTEST_ARGS="tests/test_kpg.py"   # a part of the suite
+#   make test PYTEST_WORKERS=0                  # the suite in one process (pytest-xdist off)
 #   make install VENV=/tmp/venv                 # only the environment, somewhere else
 
 PYTHON ?= python3
 VENV ?= .venv
 ARGS ?=
 PYTEST_ARGS ?=
+# pytest-xdist workers: the suite is mostly end-to-end runs in subprocesses, one core each; files stay whole on one
+# worker (--dist loadfile), so a module's fixtures are built once
+PYTEST_WORKERS ?= 2
 TORCH ?= torch==2.13.0
 
 BIN := $(VENV)/bin
@@ -47,5 +51,5 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
-	@rc=0; $(BIN)/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
