@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -83,8 +82,9 @@ class FrameCheckpoint(Checkpoint):
 
     # -- preemption -------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.world_size > 1 and _main_thread():
-            signal.signal(signal.SIGTERM, self._flag)  # Lightning's teardown puts back the handler it found
+        if trainer.world_size > 1:
+            with suppress(ValueError):  # not the main thread: Lightning installs no handlers there either
+                signal.signal(signal.SIGTERM, self._flag)  # Lightning's teardown puts back the handler it found
 
     def _flag(self, signum: int, frame: FrameType | None) -> None:
         self._signalled = True
@@ -125,10 +125,6 @@ class FrameCheckpoint(Checkpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_saved_frames = state_dict.get("last_saved_frames", 0)
-
-
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 def _as_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -293,7 +293,7 @@ class Experience:
     def load_replay(self, path: Path) -> None:
         if self.replay is not None and path.is_dir():
             load_replay(self.replay, path)
-        if (path / RNG).is_file():  # checkpoints from before it have rank 0's states only (restored already)
+        if (path / RNG).is_file():  # older checkpoints hold rank 0's in the Lightning checkpoint (restored already)
             restore_rng(load_rng(path / RNG), *self.generators())
         collection = path / COLLECTION
         if self.simulator is None or not (collection / "state.json").is_file():

@@ -27,7 +27,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from kpg_lightning.algorithms.base import Algorithm
-from kpg_lightning.checkpointing import capture_rng, restore_rng
+from kpg_lightning.checkpointing import restore_rng
 from kpg_lightning.compiled import Update, compile_update
 from kpg_lightning.config import KPGConfig
 from kpg_lightning.experience import Experience
@@ -278,14 +278,13 @@ class KPGModule(LightningModule):
             "train_steps": self.train_steps,
             "skipped_updates": self.skipped_updates,
         }
-        checkpoint["kpg_rng"] = capture_rng(*self.experience.generators())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         counters = checkpoint.get("kpg_counters", {})
         self.experience.load_state_dict(counters)
         self.train_steps = counters.get("train_steps", 0)
         self.skipped_updates = counters.get("skipped_updates", 0)
-        if "kpg_rng" in checkpoint:
+        if "kpg_rng" in checkpoint:  # checkpoints from before each rank saved its own (replay_rank<r>/rng.json)
             restore_rng(checkpoint["kpg_rng"], *self.experience.generators())
         if self.resume_dir is not None:
             self.experience.load_replay(self.resume_dir / f"replay_rank{self.global_rank}")
