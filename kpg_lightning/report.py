@@ -14,8 +14,8 @@ Finds every run below the given directories (a directory holding ``summary.json`
 - with ``--axis KEY`` (a numeric setting of the runs' ``.hydra/config.yaml``, e.g. ``algorithm.actor_lr``):
   ``sensitivity.md`` and ``sensitivity_<task>.png``, the final metric and each ``--axis-metric`` (a
   ``csv/metrics.csv`` column, e.g. ``kpg/contraction_2``) against ``KEY``, one line per (variant without ``KEY``,
-  K, actor optimizer), and with ``--axis-threshold TASK=VALUE`` how many runs per point end above VALUE
-  (:mod:`kpg_lightning.report_sensitivity`);
+  K, actor optimizer), with ``--axis-threshold TASK=VALUE`` how many runs per point end above VALUE, and each
+  K > 1 line's probability of improvement over K = 1 pooled over the values (:mod:`kpg_lightning.report_sensitivity`);
 - ``results.json``: every number above; with ``--marl-eval``, marl-eval's raw-data JSON of the runs
   (:mod:`kpg_lightning.report_export`).
 
@@ -143,7 +143,7 @@ def write_report(
     }
     if axis is not None:
         results["sensitivity"] = sensitivity(
-            runs, axis, axis_metrics, results["metric_by_task"], thresholds, confidence
+            runs, axis, axis_metrics, results["metric_by_task"], thresholds, confidence, resamples, seed
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

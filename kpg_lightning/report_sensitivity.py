@@ -13,6 +13,14 @@ With ``--axis-threshold TASK=VALUE`` a point also counts its runs whose final me
 train", where a diverged run ends far below it), with an exact (Clopper–Pearson) CI, and a K > 1 point gets
 Fisher's exact test against the K = 1 point of the same variant, optimizer and value: whether K changes how often
 a run trains at that setting.
+
+Each K > 1 line is also compared with the K = 1 line of its variant and optimizer over every value both were run
+at (``pooled``): the probability that a run of the K > 1 line scores higher than a run of the K = 1 line at the same
+value (Mann–Whitney U / (n_X n_Y), ties counted half), averaged over the values, per task and over every (task,
+value) setting, with a stratified-bootstrap CI (each setting's runs of each line resampled on their own,
+:func:`kpg_lightning.report_stats.probability_of_improvement_over_tasks`). It is one number for "does K help at
+this grid", where a row per value has too few seeds to say; on the final metric, and on the absolute metric where
+every run compared has one. A per-value comparison is improvement.md's.
 """
 
 from __future__ import annotations
@@ -29,9 +37,9 @@ from omegaconf import OmegaConf
 from kpg_lightning.config import is_number
 from kpg_lightning.errors import ConfigError
 from kpg_lightning.report_runs import Run, by_seed, cell_names, csv_curve, variant_labels
-from kpg_lightning.report_stats import standard_error
+from kpg_lightning.report_stats import probability_of_improvement_over_tasks, standard_error
 
-__all__ = ["LATE_HALF", "axis_value", "late_half_mean", "log_axis", "parse_thresholds", "sensitivity"]
+__all__ = ["LATE_HALF", "axis_value", "late_half_mean", "log_axis", "parse_thresholds", "pooled", "sensitivity"]
 
 LATE_HALF = "mean over the last half of each run's logged values (the last ⌈n/2⌉ of n, NaN skipped)"
 """How an ``--axis-metric`` is summarised per run, as the tables say it."""
@@ -132,13 +140,16 @@ def sensitivity(
     metric_by_task: dict[str, str],
     thresholds: dict[str, float] | None = None,
     confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The ``sensitivity`` entry of ``results.json``: per task its lines, each with one point per ``key`` value
     (sorted): seeds, runs, the final metric's and every ``metrics`` column's statistics over the seeds, and the runs
     without a column; for a task in ``thresholds``, each point's count of runs above it (``above``: count, n,
     exact ``confidence`` CI and, at K > 1, Fisher's exact p against the K = 1 point of its variant, optimizer and
-    value where there is one). The same line, value and seed twice: the newer run (by ``summary.json``'s mtime),
-    listed in ``duplicates``. Raises ConfigError where a run has no numeric ``key``."""
+    value where there is one); ``pooled``: each K > 1 line against its K = 1 line over every value (:func:`pooled`,
+    ``resamples`` bootstrap draws seeded with ``seed``). The same line, value and seed twice: the newer run (by
+    ``summary.json``'s mtime), listed in ``duplicates``. Raises ConfigError where a run has no numeric ``key``."""
     thresholds = thresholds or {}
     values = {r.path: axis_value(r.path, key) for r in runs}
     without = [replace(r, overrides={k: v for k, v in r.overrides.items() if k != key}) for r in runs]
@@ -160,6 +171,7 @@ def sensitivity(
                 "seeds": [r.seed for r in members],
                 "runs": [str(r.path) for r in members],
                 "final": _stats([r.finals[final] for r in members]),
+                "absolute": _absolute([r.absolute for r in members], final),
                 "metrics": {},
             }
             if task in thresholds:
@@ -194,5 +206,55 @@ def sensitivity(
         "summary": LATE_HALF,
         "confidence": confidence,
         "tasks": tasks,
+        "pooled": pooled(tasks, resamples, confidence, seed),
         "duplicates": duplicates,
     }
+
+
+def _absolute(absolutes: list[dict[str, Any] | None], metric: str) -> list[float] | None:
+    """Each run's absolute metric in the task's metric, or None where a run has none."""
+    key = "win_rate" if metric == "win_rate" else "return_mean"
+    if any(a is None or a[key] is None for a in absolutes):
+        return None
+    return [float(a[key]) for a in absolutes]  # type: ignore[index]
+
+
+def pooled(tasks: dict[str, dict[str, Any]], resamples: int, confidence: float, seed: int) -> list[dict[str, Any]]:
+    """Per K > 1 line name: P(a run of it > a run of its K = 1 line at the same value), averaged over every value
+    both lines have, per task and over every (task, value) setting ("all tasks"), on the final metric and on the
+    absolute metric (where every run of those settings has one, else None). Each estimate: ``p``, ``ci``,
+    ``settings`` (how many values it averages), ``runs`` (of the line and of K = 1) and ``single_run_settings``
+    (settings where a line has one run: the bootstrap cannot vary them, so the CI understates the uncertainty)."""
+    strata: dict[tuple[str, str, int, str | None], dict[str, list[tuple[dict, dict]]]] = {}
+    for task, entry in tasks.items():
+        k1 = {(ln["label"], ln["actor_optimizer"]): ln for ln in entry["lines"] if ln["k"] == 1}
+        for line in entry["lines"]:
+            base = k1.get((line["label"], line["actor_optimizer"]))
+            if line["k"] == 1 or base is None:
+                continue
+            base_points = {p["value"]: p for p in base["points"]}
+            pairs = [(p, base_points[p["value"]]) for p in line["points"] if p["value"] in base_points]
+            if pairs:
+                ident = (line["name"], base["name"], line["k"], line["actor_optimizer"])
+                strata.setdefault(ident, {})[task] = pairs
+
+    def estimate(pairs: list[tuple[dict, dict]], key: str) -> dict[str, Any] | None:
+        xs = [p["final"]["values"] if key == "final" else p["absolute"] for p, _ in pairs]
+        ys = [b["final"]["values"] if key == "final" else b["absolute"] for _, b in pairs]
+        if any(v is None for v in (*xs, *ys)):
+            return None
+        found = probability_of_improvement_over_tasks(xs, ys, resamples, confidence, seed)
+        runs = [sum(len(x) for x in xs), sum(len(y) for y in ys)]
+        single = sum(min(len(x), len(y)) < 2 for x, y in zip(xs, ys, strict=True))
+        return {**found, "settings": len(pairs), "runs": runs, "single_run_settings": single}
+
+    out = []
+    for (name, base, _, _), by_task in strata.items():
+        subsets = dict(by_task)
+        if len(by_task) > 1:
+            subsets["all tasks"] = [p for ps in by_task.values() for p in ps]
+        row: dict[str, Any] = {"name": name, "baseline": base, "tasks": list(by_task)}
+        for key in ("final", "absolute"):
+            row[key] = {subset: estimate(pairs, key) for subset, pairs in subsets.items()}
+        out.append(row)
+    return out

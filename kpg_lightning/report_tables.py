@@ -309,10 +309,57 @@ def sensitivity_table(results: dict[str, Any]) -> str:
             lines.append("")
             if metric is None and "threshold" in entry:
                 lines += _above_table(key, task, entry, values, sens["confidence"])
+    lines += _pooled_table(key, sens)
     if sens["duplicates"]:
         lines += ["## Duplicate runs (same line, value and seed; the newer one is used)", ""]
         lines += [f"- `{d['path']}` (replaced by `{d['replaced_by']}`)" for d in sens["duplicates"]] + [""]
     return "\n".join(lines)
+
+
+def _pooled_table(key: str, sens: dict[str, Any]) -> list[str]:
+    """Each K > 1 line against its K = 1 line over every value of ``key``, per task and over all (task, value)
+    settings, on the final and on the absolute metric."""
+    rows = sens.get("pooled") or []
+    if not rows:
+        return []
+    subsets = list(dict.fromkeys(s for row in rows for s in row["final"]))
+    lines = [
+        f"## K > 1 against K = 1 over every {key}",
+        "",
+        f"P(X > Y): the probability that a run of the K > 1 line X scores higher than a run of the K = 1 line Y of "
+        f"its variant and optimizer at the same `{key}` (Mann–Whitney U / (n_X n_Y), ties half), averaged over every "
+        f"value both lines were run at, per task and over every (task, value) setting, with a "
+        f"{sens['confidence']:.0%} stratified-bootstrap CI (each setting's runs of X and of Y resampled on their "
+        "own). 0.5: K makes no difference over this grid; a CI above 0.5: X better. Cells: P [CI] (settings; runs "
+        "of X / of Y). improvement.md has each value on its own.",
+        "",
+    ]
+    for key_, title in (("final", "final metric (the last evaluation)"), ("absolute", "absolute metric")):
+        if not any(est for row in rows for est in row[key_].values()):
+            continue
+        header = ["| X | Y | " + " | ".join(subsets) + " |", "|---|---|" + "---|" * len(subsets)]
+        lines += [f"On the {title}:", "", *header]
+        for row in rows:
+            cells = []
+            for subset in subsets:
+                est = row[key_].get(subset)
+                cells.append(
+                    "—"
+                    if est is None
+                    else f"{est['p']:.2f} [{est['ci'][0]:.2f}, {est['ci'][1]:.2f}] "
+                    f"({est['settings']}; {est['runs'][0]} / {est['runs'][1]})"
+                    + ("†" if est["single_run_settings"] else "")
+                )
+            lines.append(f"| {row['name']} | {row['baseline']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    estimates = [est for row in rows for e in ("final", "absolute") for est in row[e].values() if est]
+    if any(est["single_run_settings"] for est in estimates):
+        lines += [
+            "†: at some of its settings a line has a single run, which the bootstrap cannot vary: the CI is "
+            "narrower than the uncertainty.",
+            "",
+        ]
+    return lines
 
 
 def _above_table(key: str, task: str, entry: dict[str, Any], values: list[float], confidence: float) -> list[str]:

@@ -23,11 +23,22 @@ NAN = float("nan")
 
 
 def _lr_run(
-    path: Path, task: str, k: int, seed: int, lr: str, final: float, contraction: list[float] | None, **kw
+    path: Path,
+    task: str,
+    k: int,
+    seed: int,
+    lr: str,
+    final: float,
+    contraction: list[float] | None,
+    absolute: float | None = None,
+    **kw,
 ) -> None:
     """A MADDPG run at ``algorithm.actor_lr=lr`` with Adam, its csv/metrics.csv as Lightning's CSVLogger writes it
     (kpg diagnostics and evaluations in rows of their own, at frames 100, 200, ...); ``contraction`` None: the
-    run logs no ``kpg/contraction_2`` (K = 1)."""
+    run logs no ``kpg/contraction_2`` (K = 1); ``absolute``: its absolute metric (a return), if any."""
+    extra = {"actor_optimizer": "adam"}
+    if absolute is not None:
+        extra |= {"absolute_return_mean": absolute, "absolute_frames": 100, "absolute_episodes": 10}
     _fake_run(
         path,
         task,
@@ -35,7 +46,7 @@ def _lr_run(
         seed,
         [0.0, final],
         ["+experiment=maddpg_vmas_balance", f"{KEY}={lr}", "kpg.actor_optimizer=adam"],
-        extra={"actor_optimizer": "adam"},
+        extra=extra,
         config=f"algorithm:\n  name: maddpg\n  actor_lr: {float(lr)!r}\nkpg:\n  k: {k}\n  actor_optimizer: adam\n",
         **kw,
     )
@@ -218,3 +229,74 @@ def test_axis_threshold_twice_or_without_axis(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*args, "--axis-threshold", "vmas/balance=0"])
     assert exc.value.code == 2 and "error: --axis-threshold needs --axis KEY" in capsys.readouterr().err
+
+
+def _p(x: list[float], y: list[float]) -> float:
+    """P(a run of x > a run of y), ties half, by counting pairs."""
+    return sum((a > b) + 0.5 * (a == b) for a in x for b in y) / (len(x) * len(y))
+
+
+def test_pooled_probability_of_improvement_over_every_value(tmp_path):
+    """Each K > 1 line against the K = 1 line over every value both have: per task the mean over values of the
+    pairwise P(K > 1 run > K = 1 run), over all (task, value) settings the mean over settings; a value only one line
+    has is left out; the absolute metric only where every run compared has one; the CI brackets the point and is
+    seeded (the same twice); a setting with one run of a line is flagged in the table."""
+    finals = {  # (task, k, lr) -> final per seed
+        ("vmas/balance", 1, "1e-3"): [3.0, 2.5, 4.0],
+        ("vmas/balance", 2, "1e-3"): [3.1, 2.0, 4.2],
+        ("vmas/balance", 1, "1e-2"): [2.0, -16.0, 3.0],
+        ("vmas/balance", 2, "1e-2"): [-15.0, -16.0, 2.8],
+        ("vmas/balance", 2, "3e-2"): [9.0, 9.0, 9.0],  # no K = 1 at 3e-2: not compared
+        ("vmas/navigation", 1, "1e-3"): [1.0, 1.5],
+        ("vmas/navigation", 2, "1e-3"): [2.0, 1.5],
+        ("vmas/navigation", 1, "1e-2"): [0.5],
+        ("vmas/navigation", 2, "1e-2"): [0.25],
+    }
+    for (task, k, lr), values in finals.items():
+        for seed, final in enumerate(values):
+            name = f"{task.split('/')[1]}_{k}_{lr}_{seed}"
+            absolute = None if (task, k, lr, seed) == ("vmas/navigation", 1, "1e-2", 0) else final + 1.0
+            _lr_run(tmp_path / "runs" / name, task, k, seed, lr, final, [0.1] if k > 1 else None, absolute)
+    for out in ("out", "again"):
+        main([str(tmp_path / "runs"), "--out", str(tmp_path / out), f"--resamples={REPS}", "--axis", KEY])
+    (row,) = json.loads((tmp_path / "out" / "results.json").read_text())["sensitivity"]["pooled"]
+    assert (row["name"], row["baseline"], row["tasks"]) == (
+        "MADDPG K=2",
+        "MADDPG K=1",
+        ["vmas/balance", "vmas/navigation"],
+    )
+    per = {
+        (t, lr): _p(finals[t, 2, lr], finals[t, 1, lr])
+        for t in ("vmas/balance", "vmas/navigation")
+        for lr in ("1e-3", "1e-2")
+    }
+    balance = (per["vmas/balance", "1e-3"] + per["vmas/balance", "1e-2"]) / 2
+    navigation = (per["vmas/navigation", "1e-3"] + per["vmas/navigation", "1e-2"]) / 2
+    final = row["final"]
+    assert final["vmas/balance"]["p"] == pytest.approx(balance)
+    assert final["vmas/navigation"]["p"] == pytest.approx(navigation)
+    assert final["all tasks"]["p"] == pytest.approx(sum(per.values()) / 4)
+    assert (final["all tasks"]["settings"], final["all tasks"]["runs"]) == (4, [9, 9])
+    assert (final["vmas/balance"]["single_run_settings"], final["vmas/navigation"]["single_run_settings"]) == (0, 1)
+    for est in final.values():
+        assert est["ci"][0] <= est["p"] <= est["ci"][1] and 0.0 <= est["ci"][0] < est["ci"][1] <= 1.0
+    # navigation's 1e-2 K = 1 run has no absolute metric: navigation and all tasks have none; balance has one
+    absolute = row["absolute"]
+    assert absolute["vmas/navigation"] is None and absolute["all tasks"] is None
+    assert absolute["vmas/balance"]["p"] == pytest.approx(balance)  # finals + 1: the same ordering
+    again = json.loads((tmp_path / "again" / "results.json").read_text())["sensitivity"]["pooled"]
+    assert again == [row]
+    text = (tmp_path / "out" / "sensitivity.md").read_text()
+    assert f"## K > 1 against K = 1 over every {KEY}" in text
+    ci = final["vmas/navigation"]["ci"]
+    assert f"| {navigation:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] (2; 3 / 3)† |" in text
+    assert "†: at some of its settings a line has a single run" in text
+
+
+def test_no_pooled_comparison_without_k1(tmp_path):
+    """Lines without a K = 1 line of their variant and optimizer are not pooled, and the section is left out."""
+    for seed in range(2):
+        _lr_run(tmp_path / "runs" / f"r{seed}", "vmas/balance", 2, seed, "1e-3", float(seed), [0.1])
+    main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), f"--resamples={REPS}", "--axis", KEY])
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["sensitivity"]["pooled"] == []
+    assert "over every" not in (tmp_path / "out" / "sensitivity.md").read_text()
