@@ -52,9 +52,17 @@ def exit_code(action: Callable[[], object]) -> int:
     except NonFiniteError as exc:
         return _fail(str(exc), 3)
     except Preempted as exc:  # a checkpoint at the frame count reached: a scheduler should requeue, not finish
-        print(f"preempted: {exc}", file=sys.stderr)
+        if _global_rank() == 0:  # every data-parallel rank stops at the same checkpoint; one line says so
+            print(f"preempted: {exc}", file=sys.stderr)
         return EXIT_PREEMPTED
     return 0
+
+
+def _global_rank() -> int:
+    """This process's data-parallel rank as Lightning set it (0 outside data parallelism)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0))
 
 
 @functools.cache
