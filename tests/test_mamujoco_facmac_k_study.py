@@ -23,13 +23,15 @@ STUDY = ROOT / "docs" / "results" / "mamujoco_facmac_k"
 TASK = "mamujoco/HalfCheetah-2x3"
 STUDY_OVERRIDES = ["max_frames=100000", "checkpoint.every_frames=25000"]
 # (K, actor optimizer) -> the seeds committed for that cell
-SEEDS = {(1, "adam"): [0, 1], (1, "rmsprop"): [0, 1], (2, "adam"): [0, 1], (2, "rmsprop"): [0, 1]}
+SEEDS = {(1, "adam"): [0, 1, 2], (1, "rmsprop"): [0, 1, 2], (2, "adam"): [0, 1, 2], (2, "rmsprop"): [0, 1, 2]}
 # (K, optimizer, seed) -> kpg/contraction_2 (late-half mean of the run's log), as the README states it (6 decimals)
 CONTRACTION = {
     (2, "adam", 0): 0.000267,
     (2, "rmsprop", 0): 0.003423,
     (2, "adam", 1): 0.000105,
     (2, "rmsprop", 1): 0.001018,
+    (2, "adam", 2): 0.000384,
+    (2, "rmsprop", 2): 0.003588,
 }
 
 _has = importlib.util.find_spec
