@@ -35,7 +35,7 @@ STUDY_OVERRIDES = [
 TASKS = {
     "vmas/navigation": (
         "maddpg_vmas_navigation",
-        {"0.0003": [0], "0.001": [0], "0.003": [0, 1, 2, 3, 4], "0.01": [0]},
+        {"0.0003": [0, 1, 2], "0.001": [0, 1, 2], "0.003": [0, 1, 2, 3, 4], "0.01": [0, 1, 2]},
     ),
     "vmas/balance": (
         "maddpg_vmas_balance",
@@ -49,7 +49,10 @@ TASKS = {
 
 # runs that train (final return above the task's threshold, THRESHOLDS) per K, as the README states them
 TRAINED = {
+    ("vmas/navigation", 0.0003): {1: 3, 2: 3, 3: 3},
+    ("vmas/navigation", 0.001): {1: 3, 2: 3, 3: 3},
     ("vmas/navigation", 0.003): {1: 3, 2: 2, 3: 1},
+    ("vmas/navigation", 0.01): {1: 0, 2: 0, 3: 0},
     ("vmas/balance", 0.0003): {1: 2, 2: 1, 3: 2},
     ("vmas/balance", 0.001): {1: 1, 2: 2, 3: 2},
     ("vmas/balance", 0.003): {1: 1, 2: 0, 3: 0},
@@ -58,6 +61,19 @@ TRAINED = {
     ("vmas/sampling", 0.001): {1: 2, 2: 1, 3: 0},
     ("vmas/sampling", 0.003): {1: 0, 2: 1, 3: 1},
     ("vmas/sampling", 0.01): {1: 0, 2: 0, 3: 0},
+}
+
+# P(a K run > a K = 1 run at the same lr), averaged over the 4 lrs per task and over all 12 (task, lr) settings, on
+# the last evaluation and on the absolute metric, as the README states them (2 decimals)
+POOLED = {
+    "final": {
+        2: {"vmas/balance": 0.44, "vmas/navigation": 0.47, "vmas/sampling": 0.42, "all tasks": 0.44},
+        3: {"vmas/balance": 0.54, "vmas/navigation": 0.49, "vmas/sampling": 0.43, "all tasks": 0.49},
+    },
+    "absolute": {
+        2: {"vmas/balance": 0.47, "vmas/navigation": 0.60, "vmas/sampling": 0.56, "all tasks": 0.54},
+        3: {"vmas/balance": 0.49, "vmas/navigation": 0.54, "vmas/sampling": 0.58, "all tasks": 0.54},
+    },
 }
 
 
@@ -98,6 +114,13 @@ def test_committed_study_matches_its_runs(tmp_path):
             [point] = [p for p in lines[k]["points"] if p["value"] == lr]
             above = sum(v > LIMIT[task] for v in point["final"]["values"])
             assert point["above"]["count"] == n_trained == above, (task, k)
+    pooled = {row["name"]: row for row in results["sensitivity"]["pooled"]}
+    for metric, by_k in POOLED.items():
+        for k, stated in by_k.items():
+            row = pooled[f"MADDPG K={k}"]
+            assert row["baseline"] == "MADDPG K=1"
+            assert {t: round(est["p"], 2) for t, est in row[metric].items()} == stated, (metric, k)
+            assert all(est["single_run_settings"] == 0 for est in row[metric].values()), (metric, k)
     for task, (_, seeds_by_lr) in TASKS.items():  # sensitivity: per task one line per K, a point per lr
         lines = results["sensitivity"]["tasks"][task]["lines"]
         assert sorted(line["k"] for line in lines) == [1, 2, 3], task
