@@ -21,7 +21,16 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-__all__ = ["Run", "by_seed", "cell_names", "csv_curve", "load_run", "resolve_actor_optimizer", "run_config"]
+__all__ = [
+    "Run",
+    "absolute_values",
+    "by_seed",
+    "cell_names",
+    "csv_curve",
+    "load_run",
+    "resolve_actor_optimizer",
+    "run_config",
+]
 
 _NOT_A_VARIANT = ("seed", "kpg.k", "kpg.actor_optimizer", "experiment", "resume")
 _NO_ACTOR = frozenset({"qmix", "vdn", "iql", "comix"})  # has_actor = False (summaries before `actor_optimizer`)
@@ -115,6 +124,14 @@ def _absolute(summary: dict[str, Any]) -> dict[str, Any] | None:
         "returns": [float(x) for x in summary.get("absolute_returns") or [mean]],
         "win_rate": None if win is None else float(win),
     }
+
+
+def absolute_values(runs: Sequence[Run], metric: str) -> list[float] | None:
+    """Each run's absolute metric in the task's ``metric`` ("return" or "win_rate"); None where a run has none."""
+    key = "win_rate" if metric == "win_rate" else "return_mean"
+    if any(r.absolute is None or r.absolute[key] is None for r in runs):
+        return None
+    return [float(r.absolute[key]) for r in runs]  # type: ignore[index]
 
 
 def load_run(run_dir: Path) -> Run | None:

@@ -36,7 +36,7 @@ from omegaconf import OmegaConf
 
 from kpg_lightning.config import is_number
 from kpg_lightning.errors import ConfigError
-from kpg_lightning.report_runs import Run, by_seed, cell_names, csv_curve, variant_labels
+from kpg_lightning.report_runs import Run, absolute_values, by_seed, cell_names, csv_curve, variant_labels
 from kpg_lightning.report_stats import probability_of_improvement_over_tasks, standard_error
 
 __all__ = ["LATE_HALF", "axis_value", "late_half_mean", "log_axis", "parse_thresholds", "pooled", "sensitivity"]
@@ -171,7 +171,7 @@ def sensitivity(
                 "seeds": [r.seed for r in members],
                 "runs": [str(r.path) for r in members],
                 "final": _stats([r.finals[final] for r in members]),
-                "absolute": _absolute([r.absolute for r in members], final),
+                "absolute": absolute_values(members, final),
                 "metrics": {},
             }
             if task in thresholds:
@@ -211,21 +211,13 @@ def sensitivity(
     }
 
 
-def _absolute(absolutes: list[dict[str, Any] | None], metric: str) -> list[float] | None:
-    """Each run's absolute metric in the task's metric, or None where a run has none."""
-    key = "win_rate" if metric == "win_rate" else "return_mean"
-    if any(a is None or a[key] is None for a in absolutes):
-        return None
-    return [float(a[key]) for a in absolutes]  # type: ignore[index]
-
-
 def pooled(tasks: dict[str, dict[str, Any]], resamples: int, confidence: float, seed: int) -> list[dict[str, Any]]:
     """Per K > 1 line name: P(a run of it > a run of its K = 1 line at the same value), averaged over every value
     both lines have, per task and over every (task, value) setting ("all tasks"), on the final metric and on the
     absolute metric (where every run of those settings has one, else None). Each estimate: ``p``, ``ci``,
     ``settings`` (how many values it averages), ``runs`` (of the line and of K = 1) and ``single_run_settings``
     (settings where a line has one run: the bootstrap cannot vary them, so the CI understates the uncertainty)."""
-    strata: dict[tuple[str, str, int, str | None], dict[str, list[tuple[dict, dict]]]] = {}
+    strata: dict[tuple[str, str], dict[str, list[tuple[dict, dict]]]] = {}  # (line, K = 1 line) -> task -> pairs
     for task, entry in tasks.items():
         k1 = {(ln["label"], ln["actor_optimizer"]): ln for ln in entry["lines"] if ln["k"] == 1}
         for line in entry["lines"]:
@@ -235,8 +227,7 @@ def pooled(tasks: dict[str, dict[str, Any]], resamples: int, confidence: float, 
             base_points = {p["value"]: p for p in base["points"]}
             pairs = [(p, base_points[p["value"]]) for p in line["points"] if p["value"] in base_points]
             if pairs:
-                ident = (line["name"], base["name"], line["k"], line["actor_optimizer"])
-                strata.setdefault(ident, {})[task] = pairs
+                strata.setdefault((line["name"], base["name"]), {})[task] = pairs
 
     def estimate(pairs: list[tuple[dict, dict]], key: str) -> dict[str, Any] | None:
         xs = [p["final"]["values"] if key == "final" else p["absolute"] for p, _ in pairs]
@@ -249,7 +240,7 @@ def pooled(tasks: dict[str, dict[str, Any]], resamples: int, confidence: float, 
         return {**found, "settings": len(pairs), "runs": runs, "single_run_settings": single}
 
     out = []
-    for (name, base, _, _), by_task in strata.items():
+    for (name, base), by_task in strata.items():
         subsets = dict(by_task)
         if len(by_task) > 1:
             subsets["all tasks"] = [p for ps in by_task.values() for p in ps]

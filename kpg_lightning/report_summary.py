@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from kpg_lightning.report_runs import Run, by_seed, cell_names, variant_labels
+from kpg_lightning.report_runs import Run, absolute_values, by_seed, cell_names, variant_labels
 from kpg_lightning.report_stats import iqm, iqm_ci, mean_curve, standard_error
 from kpg_lightning.report_tables import relative_column
 
@@ -29,10 +29,9 @@ def _cells(runs: Sequence[Run]) -> tuple[dict[tuple[str, str, int, str | None], 
 
 def _absolute(members: list[Run], metric: str) -> dict[str, Any] | None:
     """The absolute metric of a cell (every run has one), in the task's metric; None otherwise."""
-    if not all(r.absolute is not None and (metric == "return" or r.absolute["win_rate"] is not None) for r in members):
+    values = absolute_values(members, metric)
+    if values is None:
         return None
-    key = "return_mean" if metric == "return" else "win_rate"
-    values = [float(r.absolute[key]) for r in members]  # type: ignore[index]
     return {
         "values": values,
         "mean": float(np.mean(values)),
