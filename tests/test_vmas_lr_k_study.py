@@ -39,11 +39,11 @@ TASKS = {
     ),
     "vmas/balance": (
         "maddpg_vmas_balance",
-        {"0.0003": [0, 1, 2], "0.001": [0, 1, 2], "0.003": [0, 1, 2, 3, 4], "0.01": [0, 1, 2]},
+        {"0.0003": [0, 1, 2, 3, 4], "0.001": [0, 1, 2, 3, 4], "0.003": [0, 1, 2, 3, 4], "0.01": [0, 1, 2]},
     ),
     "vmas/sampling": (
         "maddpg_vmas_sampling",
-        {"0.0003": [0, 1, 2], "0.001": [0, 1, 2], "0.003": [0, 1, 2, 3, 4], "0.01": [0, 1, 2]},
+        {"0.0003": [0, 1, 2, 3, 4], "0.001": [0, 1, 2, 3, 4], "0.003": [0, 1, 2, 3, 4], "0.01": [0, 1, 2]},
     ),
 }
 
@@ -53,12 +53,12 @@ TRAINED = {
     ("vmas/navigation", 0.001): {1: 3, 2: 3, 3: 3},
     ("vmas/navigation", 0.003): {1: 3, 2: 2, 3: 1},
     ("vmas/navigation", 0.01): {1: 0, 2: 0, 3: 0},
-    ("vmas/balance", 0.0003): {1: 2, 2: 1, 3: 2},
-    ("vmas/balance", 0.001): {1: 1, 2: 2, 3: 2},
+    ("vmas/balance", 0.0003): {1: 4, 2: 3, 3: 3},
+    ("vmas/balance", 0.001): {1: 3, 2: 3, 3: 4},
     ("vmas/balance", 0.003): {1: 2, 2: 1, 3: 2},
     ("vmas/balance", 0.01): {1: 0, 2: 0, 3: 0},
-    ("vmas/sampling", 0.0003): {1: 2, 2: 2, 3: 3},
-    ("vmas/sampling", 0.001): {1: 2, 2: 1, 3: 0},
+    ("vmas/sampling", 0.0003): {1: 4, 2: 3, 3: 4},
+    ("vmas/sampling", 0.001): {1: 3, 2: 2, 3: 2},
     ("vmas/sampling", 0.003): {1: 0, 2: 1, 3: 1},
     ("vmas/sampling", 0.01): {1: 0, 2: 0, 3: 0},
 }
@@ -67,12 +67,12 @@ TRAINED = {
 # the last evaluation and on the absolute metric, as the README states them (2 decimals)
 POOLED = {
     "final": {
-        2: {"vmas/balance": 0.51, "vmas/navigation": 0.47, "vmas/sampling": 0.41, "all tasks": 0.46},
-        3: {"vmas/balance": 0.60, "vmas/navigation": 0.49, "vmas/sampling": 0.44, "all tasks": 0.51},
+        2: {"vmas/balance": 0.50, "vmas/navigation": 0.47, "vmas/sampling": 0.48, "all tasks": 0.48},
+        3: {"vmas/balance": 0.57, "vmas/navigation": 0.49, "vmas/sampling": 0.45, "all tasks": 0.50},
     },
     "absolute": {
-        2: {"vmas/balance": 0.49, "vmas/navigation": 0.60, "vmas/sampling": 0.54, "all tasks": 0.55},
-        3: {"vmas/balance": 0.51, "vmas/navigation": 0.54, "vmas/sampling": 0.56, "all tasks": 0.54},
+        2: {"vmas/balance": 0.50, "vmas/navigation": 0.60, "vmas/sampling": 0.59, "all tasks": 0.56},
+        3: {"vmas/balance": 0.50, "vmas/navigation": 0.54, "vmas/sampling": 0.55, "all tasks": 0.53},
     },
 }
 
